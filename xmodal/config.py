@@ -1,0 +1,167 @@
+"""One frozen settings object, built once at start-up from `XMODAL_*` variables and passed down.
+
+Nothing else in the project reads the environment. A typo in a variable name or an invalid value
+fails at start-up with a message that names the variable.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from xmodal.errors import ConfigError
+
+__all__ = ["ENV_PREFIX", "Settings", "load_settings"]
+
+ENV_PREFIX = "XMODAL_"
+KAFKA_PASSTHROUGH_PREFIX = "XMODAL_KAFKA_"
+
+
+def _split(value: Any, sep: str) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(sep) if part.strip())
+    return value
+
+
+class Settings(BaseSettings):
+    """Every knob of xmodal. Field `foo_bar` is set by `XMODAL_FOO_BAR`."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="forbid")
+
+    # Kafka
+    kafka_bootstrap: str = Field("", description="Kafka bootstrap servers; empty: embedded tansu broker")
+    topic_prefix: str = Field("xmodal", pattern=r"^[A-Za-z0-9._-]{1,200}$", description="prefix of every topic")
+    topic_partitions: int = Field(4, ge=1, le=1024, description="partitions of topics xmodal creates")
+    session_timeout_ms: int = Field(6000, ge=1000, le=300_000, description="consumer session.timeout.ms")
+    kafka_extra: Mapping[str, str] = Field(
+        default_factory=dict,
+        description="librdkafka settings passed through from XMODAL_KAFKA_<NAME> (SASL, TLS, ...)",
+    )
+
+    # Qdrant
+    qdrant_url: str = Field("", description="Qdrant server URL; empty: embedded qdrant-edge under the data dir")
+    qdrant_api_key: SecretStr | None = Field(None, description="Qdrant API key (server mode)")
+    data_dir: Path = Field(Path(".xmodal"), description="embedded index, broker logs and address file")
+
+    # Spaces and models
+    spaces: Annotated[tuple[str, ...], NoDecode] = Field(("mini",), description="comma-separated spaces")
+    clip_model: str = Field("ViT-B-32", description="open_clip architecture")
+    clip_pretrained: str = Field(
+        "laion2b_s34b_b79k", description="open_clip weights: tag, hf-hub:..., local-dir:... or a file path"
+    )
+    clap_model: str = Field("laion/clap-htsat-unfused", description="CLAP hub id or local directory")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for the towers")
+    torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads; 0: number of cores")
+
+    # Media
+    media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(
+        (), description="':'-separated directories that file:// URIs may point into"
+    )
+    allow_http: bool = Field(False, description="allow http(s):// media URIs (SSRF-guarded)")
+    max_media_bytes: int = Field(20 * 1024 * 1024, ge=1024, description="largest media payload accepted")
+    max_image_pixels: int = Field(40_000_000, ge=1024, description="largest image (width*height) decoded")
+    max_audio_seconds: float = Field(600.0, gt=0, description="longest audio decoded (read from the header)")
+    http_timeout_s: float = Field(10.0, gt=0, le=300, description="total time to fetch one http(s) URI")
+
+    # Ingest
+    batch_size: int = Field(64, ge=1, le=4096, description="ingest micro-batch size")
+    batch_window_ms: int = Field(50, ge=1, le=60_000, description="longest wait to fill a micro-batch")
+
+    # Query service
+    query_concurrency: int = Field(8, ge=1, le=256, description="search requests served at once")
+    search_timeout_s: float = Field(10.0, gt=0, description="SearchClient default timeout")
+
+    # Observability
+    metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")
+
+    @field_validator("spaces", mode="before")
+    @classmethod
+    def _split_spaces(cls, value: Any) -> Any:
+        return _split(value, ",")
+
+    @field_validator("media_roots", mode="before")
+    @classmethod
+    def _split_roots(cls, value: Any) -> Any:
+        return _split(value, ":")
+
+    @field_validator("spaces")
+    @classmethod
+    def _non_empty(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError("at least one space is required, e.g. 'mini'")
+        return value
+
+    # Derived names: computed, never configured separately, so they cannot disagree.
+    @property
+    def media_topic(self) -> str:
+        return f"{self.topic_prefix}.media"
+
+    @property
+    def dlq_topic(self) -> str:
+        return f"{self.topic_prefix}.media.dlq"
+
+    @property
+    def requests_topic(self) -> str:
+        return f"{self.topic_prefix}.search.requests"
+
+    @property
+    def replies_topic(self) -> str:
+        return f"{self.topic_prefix}.search.replies"
+
+    @property
+    def embedded_broker(self) -> bool:
+        return not self.kafka_bootstrap
+
+    @property
+    def embedded_index(self) -> bool:
+        return not self.qdrant_url
+
+
+_FIELD_ENV = {f"{ENV_PREFIX}{name.upper()}": name for name in Settings.model_fields if name != "kafka_extra"}
+
+
+def _kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
+    """XMODAL_KAFKA_SASL_USERNAME=u -> {"sasl.username": "u"} (librdkafka property names)."""
+    extra = {}
+    for key, value in environ.items():
+        if key.startswith(KAFKA_PASSTHROUGH_PREFIX) and key not in _FIELD_ENV:
+            extra[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = value
+    return extra
+
+
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the settings from `environ` (default: the process environment) plus explicit overrides.
+
+    Raises ConfigError naming the variable for unknown `XMODAL_*` names and invalid values.
+    """
+    env = dict(os.environ if environ is None else environ)
+    unknown = sorted(
+        key
+        for key in env
+        if key.startswith(ENV_PREFIX) and key not in _FIELD_ENV and not key.startswith(KAFKA_PASSTHROUGH_PREFIX)
+    )
+    if unknown:
+        raise ConfigError(
+            f"unknown setting {', '.join(unknown)}; valid variables: {', '.join(sorted(_FIELD_ENV))}, "
+            f"and {KAFKA_PASSTHROUGH_PREFIX}<librdkafka property>"
+        )
+    values: dict[str, Any] = {name: env[var] for var, name in _FIELD_ENV.items() if var in env}
+    values["kafka_extra"] = _kafka_passthrough(env)
+    values.update(overrides)
+    try:
+        # init kwargs only: the environment was read above, exactly once.
+        return Settings(_env_prefix="XMODAL_UNUSED_", **values)  # type: ignore[call-arg]
+    except ValidationError as e:
+        problems = []
+        for err in e.errors():
+            field = str(err["loc"][0]) if err["loc"] else "?"
+            var = f"{ENV_PREFIX}{field.upper()}"
+            shown = values.get(field, "<missing>")
+            problems.append(f"{var}={shown!s}: {err['msg']}")
+        raise ConfigError("invalid settings: " + "; ".join(problems)) from e

@@ -1,0 +1,82 @@
+"""The VectorIndex protocol: what the streams and the query path need from a vector store.
+
+One collection per space. Point id = UUID5 of the item id, so the same item has the same point id
+in every space and an upsert replayed after a redelivery overwrites instead of duplicating.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = ["ITEM_NAMESPACE", "Hit", "IndexPoint", "VectorIndex", "point_id"]
+
+# Fixed forever: changing it would orphan every indexed point.
+ITEM_NAMESPACE = uuid.UUID("6f1c3b52-6a0e-5d3c-9f1e-2b7d8c4a9e10")
+
+
+def point_id(item_id: str) -> str:
+    return str(uuid.uuid5(ITEM_NAMESPACE, item_id))
+
+
+@dataclass(frozen=True)
+class IndexPoint:
+    """One item's vector in one space, with the payload stored beside it."""
+
+    item_id: str
+    vector: NDArray[np.float32]
+    modality: str
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+    ts: int | None = None  # event time, ms since epoch
+    source: Mapping[str, Any] | None = None  # {"topic", "partition", "offset"} of the event
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "item_id": self.item_id,
+            "modality": self.modality,
+            "metadata": dict(self.metadata),
+            "ts": self.ts,
+            "source": dict(self.source) if self.source is not None else None,
+        }
+
+
+@dataclass(frozen=True)
+class Hit:
+    item_id: str
+    score: float
+    modality: str
+    metadata: dict[str, Any]
+
+
+@runtime_checkable
+class VectorIndex(Protocol):
+    def ensure_collection(self, space: str, dim: int) -> None:
+        """Create the space's collection if missing; raise DimensionMismatch if it has another dim."""
+        ...
+
+    def upsert(self, space: str, points: Sequence[IndexPoint]) -> None:
+        """Write points and return only once the engine acknowledged them (wait=true)."""
+        ...
+
+    def delete(self, space: str, item_ids: Sequence[str]) -> None: ...
+
+    def search(
+        self,
+        space: str,
+        vector: NDArray[np.float32],
+        k: int,
+        *,
+        modalities: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        """Nearest items by cosine; `modalities` keeps only those; `filter` is metadata equality."""
+        ...
+
+    def count(self, space: str) -> int: ...
+
+    def close(self) -> None: ...
