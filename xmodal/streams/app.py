@@ -64,8 +64,14 @@ def to_source_record(event: faust.types.EventT) -> SourceRecord:
     )
 
 
-def create_app(settings: Settings, bootstrap: str, pipeline: IngestPipeline) -> faust.App:
-    """A Faust app with the ingest agent bound to `pipeline` (already started by the caller)."""
+def create_app(
+    settings: Settings, bootstrap: str, pipeline: IngestPipeline, executor: ThreadPoolExecutor
+) -> faust.App:
+    """A Faust app with the ingest agent bound to `pipeline` (already started by the caller).
+
+    `executor` runs `pipeline.process`; give it one worker: the towers use every core themselves
+    and two batches at once would thrash.
+    """
     app = faust.App(
         f"{settings.topic_prefix}-ingest",
         broker=f"kafka://{bootstrap}",
@@ -84,8 +90,6 @@ def create_app(settings: Settings, bootstrap: str, pipeline: IngestPipeline) -> 
     )
     media = app.topic(settings.media_topic, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
-    # One encode thread: the towers use every core themselves; two batches at once would thrash.
-    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-encode")
     window_s = settings.batch_window_ms / 1000
 
     async def dead_letter(result_dead: Sequence[Any]) -> None:
@@ -116,5 +120,4 @@ def create_app(settings: Settings, bootstrap: str, pipeline: IngestPipeline) -> 
             for event in events:
                 await stream.ack(event)
 
-    app.xmodal_executor = executor  # type: ignore[attr-defined]  # shut down by the runner
     return app

@@ -1,0 +1,253 @@
+"""The `xmodal` command. Every flag that maps to a setting shows its XMODAL_* variable in --help."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import orjson
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from xmodal.config import Settings, load_settings
+from xmodal.errors import ConfigError, SearchError, XmodalError
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(
+    name="xmodal",
+    help="Streaming cross-modal search: Kafka in, Qdrant out, search over Kafka.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+DataDir = Annotated[Path | None, typer.Option(envvar="XMODAL_DATA_DIR", help="Embedded index, logs, broker address.")]
+Spaces = Annotated[str | None, typer.Option(envvar="XMODAL_SPACES", help="Comma-separated spaces, e.g. mini or clip,clap.")]
+Bootstrap = Annotated[
+    str | None, typer.Option(envvar="XMODAL_KAFKA_BOOTSTRAP", help="Kafka bootstrap servers (default: embedded tansu).")
+]
+QdrantUrl = Annotated[str | None, typer.Option(envvar="XMODAL_QDRANT_URL", help="Qdrant server (default: embedded).")]
+
+
+def _fail(message: str, code: int = 1) -> NoReturn:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    raise typer.Exit(code)
+
+
+def _settings(**flags: Any) -> Settings:
+    """Environment first, flags on top (typer already read each flag's variable)."""
+    overrides = {name: value for name, value in flags.items() if value is not None}
+    try:
+        settings = load_settings(**overrides)
+    except ConfigError as e:
+        _fail(e.message, 2)
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    for noisy in ("faust", "mode", "aiokafka", "transformers", "httpx"):
+        logging.getLogger(noisy).setLevel(max(logging.WARNING, logging.getLogger().level))
+    return settings
+
+
+def _serve(settings: Settings, roles: Any, banner: str) -> None:
+    """Start a Node, print where it listens, run until Ctrl-C/SIGTERM or until a service fails."""
+    from xmodal.runtime import Node
+
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    node = Node(settings, roles)
+    try:
+        with out.status("starting: loading towers, checking collections, joining Kafka…"):
+            node.start()
+    except XmodalError as e:
+        _fail(e.message, 2)
+    index = settings.qdrant_url or f"{settings.data_dir / 'index'} (embedded qdrant-edge)"
+    broker = node.bootstrap + ("" if settings.kafka_bootstrap else " (embedded tansu)")
+    out.print(f"[bold green]{banner}[/]", highlight=False)
+    out.print(f"  broker   {broker}", highlight=False)
+    out.print(f"  index    {index}", highlight=False)
+    out.print(f"  spaces   {', '.join(settings.spaces)}", highlight=False)
+    out.print(f"  topics   {settings.media_topic} → index · {settings.requests_topic} → {settings.replies_topic}")
+    if settings.metrics_port:
+        out.print(f"  metrics  http://127.0.0.1:{settings.metrics_port}/metrics")
+    out.print("Ctrl-C to stop.")
+    try:
+        while not stop.wait(1.0):
+            if node.failure is not None:
+                break
+    finally:
+        with out.status("stopping…"):
+            node.stop()
+    if node.failure is not None:
+        _fail(f"stopped: {node.failure}")
+    out.print("stopped; the index is kept for the next start.")
+
+
+@app.command()
+def up(data_dir: DataDir = None, spaces: Spaces = None, kafka_bootstrap: Bootstrap = None, qdrant_url: QdrantUrl = None) -> None:
+    """Run the whole system in one process: broker (unless XMODAL_KAFKA_BOOTSTRAP), ingest agents, search."""
+    from xmodal.runtime import Roles
+
+    settings = _settings(data_dir=data_dir, spaces=spaces, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
+    _serve(settings, Roles(ingest=True, query=True, start_broker=True), "xmodal is up")
+
+
+@app.command()
+def worker(
+    with_query: Annotated[bool, typer.Option("--with-query", help="Also answer search requests.")] = False,
+    data_dir: DataDir = None,
+    spaces: Spaces = None,
+    kafka_bootstrap: Bootstrap = None,
+    qdrant_url: QdrantUrl = None,
+) -> None:
+    """Run the ingest agents (scale up to the media topic's partition count)."""
+    from xmodal.runtime import Roles
+
+    settings = _settings(data_dir=data_dir, spaces=spaces, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
+    _serve(settings, Roles(ingest=True, query=with_query), "xmodal worker is running")
+
+
+@app.command("query-service")
+def query_service(
+    data_dir: DataDir = None, spaces: Spaces = None, kafka_bootstrap: Bootstrap = None, qdrant_url: QdrantUrl = None
+) -> None:
+    """Answer search requests from Kafka (scale freely; needs a Qdrant server to share the index)."""
+    from xmodal.runtime import Roles
+
+    settings = _settings(data_dir=data_dir, spaces=spaces, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
+    _serve(settings, Roles(ingest=False, query=True), "xmodal query service is running")
+
+
+def _bootstrap_or_fail(settings: Settings) -> str:
+    from xmodal.runtime import resolve_bootstrap
+
+    bootstrap = resolve_bootstrap(settings)
+    if bootstrap is None:
+        _fail(
+            "no Kafka broker: start `xmodal up` (same XMODAL_DATA_DIR, here "
+            f"{settings.data_dir}) in another shell, or set XMODAL_KAFKA_BOOTSTRAP",
+            2,
+        )
+    return bootstrap
+
+
+@app.command()
+def ingest(
+    paths: Annotated[list[str], typer.Argument(help="Files or directories (.txt, .jsonl, images, audio); - for stdin.")],
+    data_dir: DataDir = None,
+    kafka_bootstrap: Bootstrap = None,
+) -> None:
+    """Publish media events to the media topic and wait for the broker's acknowledgements."""
+    from tqdm import tqdm
+
+    from xmodal.streams.producer import DeliveryReport, events_from_paths, produce_events
+
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap)
+    bootstrap = _bootstrap_or_fail(settings)
+    report = DeliveryReport()
+    with tqdm(desc="events", unit="ev", file=sys.stderr, disable=None) as bar:
+        events = events_from_paths(paths, report, settings.max_media_bytes)
+        try:
+            produce_events(settings, bootstrap, events, report, on_sent=lambda: bar.update(1))
+        except XmodalError as e:
+            _fail(e.message)
+    for problem in report.rejected:
+        err.print(f"[yellow]skipped[/] {problem}", highlight=False)
+    out.print(
+        f"sent {report.sent} events to {settings.media_topic}, acknowledged {report.acknowledged}, "
+        f"failed {report.failed}, skipped {len(report.rejected) - report.failed}",
+        highlight=False,
+    )
+    if report.failed or (report.rejected and not report.sent):
+        raise typer.Exit(1)
+
+
+def _parse_filter(pairs: list[str]) -> dict[str, Any]:
+    result: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            _fail(f"--filter takes KEY=VALUE, got {pair!r}", 2)
+        try:
+            value = orjson.loads(raw)  # numbers, booleans and null as JSON; anything else is a string
+            if isinstance(value, (dict, list)):
+                value = raw
+        except orjson.JSONDecodeError:
+            value = raw
+        result[key] = value
+    return result
+
+
+@app.command()
+def search(
+    text: Annotated[str | None, typer.Argument(help="Text query.")] = None,
+    image: Annotated[Path | None, typer.Option("--image", help="Image file to search with.")] = None,
+    audio: Annotated[Path | None, typer.Option("--audio", help="Audio file to search with.")] = None,
+    k: Annotated[int, typer.Option("-k", help="Number of results (1-1000).")] = 10,
+    modality: Annotated[str | None, typer.Option("--modality", help="Result modalities, e.g. image,audio.")] = None,
+    filters: Annotated[list[str], typer.Option("--filter", help="Metadata equality KEY=VALUE (repeatable).")] = [],  # noqa: B006
+    as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the reply.")] = None,
+    data_dir: DataDir = None,
+    kafka_bootstrap: Bootstrap = None,
+) -> None:
+    """Search over Kafka: a text query finds images and sounds, an image finds captions, a sound finds images."""
+    from xmodal.query_api.client import SearchClient
+
+    given = [q for q in (text, image, audio) if q is not None]
+    if len(given) != 1:
+        _fail("give exactly one query: TEXT, --image FILE or --audio FILE", 2)
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap)
+    bootstrap = _bootstrap_or_fail(settings)
+    query: dict[str, Any] = {}
+    try:
+        if text is not None:
+            query["text"] = text
+        elif image is not None:
+            query["image"] = image.read_bytes()
+        elif audio is not None:
+            query["audio"] = audio.read_bytes()
+    except OSError as e:
+        _fail(f"cannot read the query file: {e}", 2)
+    modalities = [m.strip() for m in modality.split(",") if m.strip()] if modality else None
+    try:
+        with SearchClient(settings, bootstrap) as client:
+            hits = client.search(
+                **query, k=k, modalities=modalities, filter=_parse_filter(filters), timeout=timeout
+            )
+    except SearchError as e:
+        _fail(f"{e.code}: {e.message}")
+    except XmodalError as e:
+        _fail(e.message)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps([h.model_dump(mode="json") for h in hits], option=orjson.OPT_INDENT_2))
+        sys.stdout.write("\n")
+        return
+    table = Table(title=f"{len(hits)} results", title_justify="left")
+    for column, justify in (("rank", "right"), ("score", "right"), ("modality", "left"), ("id", "left"), ("metadata", "left")):
+        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    for rank, hit in enumerate(hits, 1):
+        meta = orjson.dumps(hit.metadata).decode() if hit.metadata else ""
+        table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.id, meta)
+    out.print(table)
+
+
+def main() -> None:
+    try:
+        app()
+    except XmodalError as e:  # anything a command did not turn into a message itself
+        err.print(f"[bold red]error:[/] {e.message}", highlight=False)
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()

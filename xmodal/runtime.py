@@ -1,0 +1,189 @@
+"""One xmodal process: the broker connection, the spaces, the index and the services it hosts.
+
+`xmodal up`, `xmodal worker`, `xmodal query-service` and the integration tests all build a `Node`;
+only which services it hosts differs. Start-up does the I/O (loading towers, checking collection
+dimensions, creating topics) and fails early with a ConfigError/BrokerError that says what to fix.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, TYPE_CHECKING
+
+from xmodal.config import Settings
+from xmodal.encoders.base import Encoder
+from xmodal.encoders.media import MediaLimits
+from xmodal.encoders.registry import build_spaces
+from xmodal.errors import BrokerError, ConfigError
+from xmodal.indexer import open_index
+from xmodal.indexer.base import VectorIndex
+from xmodal.metrics import serve_metrics
+from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_address
+from xmodal.streams.kafka import ensure_topics
+
+if TYPE_CHECKING:
+    from xmodal.query_api.service import QueryService
+    from xmodal.streams.runner import FaustRunner
+
+__all__ = ["Node", "Roles", "resolve_bootstrap"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Roles:
+    ingest: bool = True
+    query: bool = True
+    # Start tansu when no XMODAL_KAFKA_BOOTSTRAP is set (xmodal up); otherwise use the address
+    # recorded by a running `xmodal up` in the same data dir.
+    start_broker: bool = False
+
+
+def resolve_bootstrap(settings: Settings) -> str | None:
+    """XMODAL_KAFKA_BOOTSTRAP, else the broker recorded by a running `xmodal up`, else None."""
+    return settings.kafka_bootstrap or read_recorded_address(settings.data_dir)
+
+
+class _IndexLock:
+    """The embedded index belongs to one process; a second one gets a clear error, not corruption."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> None:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self._path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "another process"
+            handle.close()
+            raise ConfigError(
+                f"the embedded index in {self._path.parent} is in use by pid {owner}. Embedded storage is "
+                "single-process: use that process (xmodal up hosts ingest and search), another "
+                "XMODAL_DATA_DIR, or a Qdrant server (XMODAL_QDRANT_URL)"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+class Node:
+    """Start with `start()`, stop with `stop()` (or use as a context manager)."""
+
+    def __init__(self, settings: Settings, roles: Roles = Roles()) -> None:
+        self.settings = settings
+        self.roles = roles
+        self.bootstrap: str = ""
+        self.spaces: dict[str, Encoder] = {}
+        self.index: VectorIndex | None = None
+        self._broker: EmbeddedBroker | None = None
+        self._lock: _IndexLock | None = None
+        self._faust: FaustRunner | None = None
+        self._query: QueryService | None = None
+
+    def start(self) -> Node:
+        try:
+            self._start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start(self) -> None:
+        settings = self.settings
+        self.bootstrap = self._connect()
+        ensure_topics(settings, self.bootstrap)
+        if settings.embedded_index:
+            self._lock = _IndexLock(settings.data_dir / "index.lock")
+            self._lock.acquire()
+        self.spaces = build_spaces(settings)
+        self.index = open_index(settings)
+        limits = MediaLimits.from_settings(settings)
+        # Loads every tower and checks every collection's dimension before consuming anything.
+        from xmodal.streams.pipeline import IngestPipeline
+
+        pipeline = IngestPipeline(self.spaces, self.index, limits)
+        pipeline.start()
+        serve_metrics(settings.metrics_port)
+        if self.roles.ingest:
+            from xmodal.streams.app import create_app
+            from xmodal.streams.runner import FaustRunner
+
+            executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="xmodal-encode")
+            self._faust = FaustRunner(create_app(settings, self.bootstrap, pipeline, executor), executor)
+            self._faust.start()
+        if self.roles.query:
+            from xmodal.query_api.searcher import Searcher
+            from xmodal.query_api.service import QueryService
+
+            self._query = QueryService(settings, self.bootstrap, Searcher(self.spaces, self.index, limits))
+            self._query.start()
+        if self._broker is not None:
+            # Recorded last: other shells only find a system that is ready to take events.
+            self._broker.record(settings.data_dir)
+
+    def _connect(self) -> str:
+        settings = self.settings
+        if settings.kafka_bootstrap:
+            return settings.kafka_bootstrap
+        if self.roles.start_broker:
+            recorded = read_recorded_address(settings.data_dir)
+            if recorded:
+                raise ConfigError(
+                    f"xmodal up is already running for {settings.data_dir} (broker {recorded}); "
+                    "stop it first or use another XMODAL_DATA_DIR"
+                )
+            self._broker = EmbeddedBroker(settings.data_dir / "broker")
+            return self._broker.start()
+        recorded = read_recorded_address(settings.data_dir)
+        if recorded is None:
+            raise BrokerError(
+                f"no Kafka broker: set XMODAL_KAFKA_BOOTSTRAP, or run `xmodal up` with the same "
+                f"XMODAL_DATA_DIR ({settings.data_dir}) in another shell"
+            )
+        return recorded
+
+    @property
+    def failure(self) -> BaseException | None:
+        """Why a hosted service stopped on its own (e.g. the index stayed unavailable), else None."""
+        return self._faust.crashed if self._faust is not None else None
+
+    def stop(self) -> None:
+        if self._query is not None:
+            self._query.stop()
+            self._query = None
+        if self._faust is not None:
+            self._faust.stop()
+            self._faust = None
+        if self.index is not None:
+            self.index.close()
+            self.index = None
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+        if self._broker is not None:
+            (self.settings.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
+            self._broker.stop()
+            self._broker = None
+
+    def __enter__(self) -> Node:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
