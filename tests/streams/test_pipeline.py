@@ -1,0 +1,119 @@
+"""IngestPipeline without Kafka: real MiniLM tower, real qdrant-edge index."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import orjson
+import pytest
+
+from xmodal.config import load_settings
+from xmodal.encoders.base import Vectors
+from xmodal.encoders.media import MediaLimits
+from xmodal.encoders.mini.space import MiniSpace
+from xmodal.errors import EncodeError
+from xmodal.indexer.edge import EdgeIndex
+from xmodal.streams.pipeline import IngestPipeline, SourceRecord, encode_items
+
+
+@pytest.fixture(scope="module")
+def mini() -> MiniSpace:
+    space = MiniSpace(load_settings({}))
+    space.load()
+    return space
+
+
+class RefusesPoison:
+    """A space whose text tower fails on one input, as a real tower does on input it cannot take."""
+
+    name = "mini"
+
+    def __init__(self, inner: MiniSpace) -> None:
+        self.inner, self.dim, self.modalities = inner, inner.dim, frozenset({"text"})
+        self.calls: list[int] = []
+
+    def load(self) -> None:
+        pass
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        self.calls.append(len(texts))
+        if any("poison" in t for t in texts):
+            raise EncodeError("cannot encode poison", code="encode_error")
+        return self.inner.encode_texts(texts)
+
+    def encode_images(self, images: Sequence[Any]) -> Vectors:
+        raise EncodeError("no such tower", code="unsupported_modality")
+
+    def encode_audio(self, clips: Sequence[Any]) -> Vectors:
+        raise EncodeError("no such tower", code="unsupported_modality")
+
+
+@pytest.fixture
+def index(tmp_path: Path) -> Iterator[EdgeIndex]:
+    idx = EdgeIndex(tmp_path / "index")
+    yield idx
+    idx.close()
+
+
+def record(offset: int, key: str | None, value: dict[str, Any] | None) -> SourceRecord:
+    return SourceRecord(
+        topic="media", partition=0, offset=offset,
+        key=key.encode() if key is not None else None,
+        value=orjson.dumps(value) if value is not None else None,
+        timestamp_ms=1_764_133_200_000,
+    )
+
+
+def text(item_id: str, body: str, **extra: Any) -> dict[str, Any]:
+    return {"id": item_id, "modality": "text", "text": body, **extra}
+
+
+def test_a_bad_item_is_isolated_and_the_rest_of_the_batch_is_indexed(mini: MiniSpace, index: EdgeIndex) -> None:
+    space = RefusesPoison(mini)
+    pipeline = IngestPipeline({"mini": space}, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    records = [record(i, f"d{i}", text(f"d{i}", f"sentence {i}")) for i in range(5)]
+    records.append(record(5, "p", text("p", "poison pill")))
+    result = pipeline.process(records)
+    assert result.indexed == 5 and index.count("mini") == 5
+    assert [(d.record.offset, d.code, d.stage) for d in result.dead] == [(5, "encode_error", "encode")]
+    assert space.calls[0] == 6  # one batched call first, then one by one
+
+
+def test_payload_carries_item_metadata_time_and_source(mini: MiniSpace, index: EdgeIndex) -> None:
+    pipeline = IngestPipeline({"mini": mini}, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    pipeline.process([record(41, "a", text("a", "a red circle", metadata={"album": "summer"}, ts=5))])
+    [hit] = index.search("mini", mini.encode_texts(["a red circle"])[0], 1, filter={"album": "summer"})
+    assert (hit.item_id, hit.modality, hit.metadata) == ("a", "text", {"album": "summer"})
+
+
+def test_last_event_of_an_item_in_a_batch_wins(mini: MiniSpace, index: EdgeIndex) -> None:
+    pipeline = IngestPipeline({"mini": mini}, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    result = pipeline.process([
+        record(0, "a", text("a", "first version")),
+        record(1, "a", None),  # delete
+        record(2, "b", None),
+        record(3, "b", text("b", "comes back")),
+        record(4, "c", text("c", "kept")),
+        record(5, "c", {"id": "c", "modality": "text"}),  # bad: the good version before it still counts
+    ])
+    assert index.count("mini") == 2
+    assert {h.item_id for h in index.search("mini", mini.encode_texts(["comes back"])[0], 5)} == {"b", "c"}
+    assert [d.code for d in result.dead] == ["missing_field"]
+
+
+def test_encode_items_reports_positions() -> None:
+    def tower(items: Sequence[int]) -> Any:
+        import numpy as np
+
+        if any(i < 0 for i in items):
+            raise ValueError("negative")
+        return np.ones((len(items), 2), dtype="float32")
+
+    good, bad = encode_items(tower, [1, -1, 2, -3])
+    assert sorted(good) == [0, 2] and sorted(bad) == [1, 3]
+    assert bad[1].code == "encode_error" and "negative" in bad[1].message
