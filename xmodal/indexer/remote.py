@@ -1,0 +1,238 @@
+"""Qdrant through qdrant-client: a server (`QdrantClient(url=...)`) or its local mode
+(`QdrantClient(":memory:")` or `path=`), one collection `<prefix>_<space>` per space.
+
+Same meaning as the embedded backend (xmodal.indexer._common): cosine scores, ties by item id,
+the same filters; tests/indexer runs one suite on both and compares their results.
+
+Writes wait for the server (`wait=True`) and go in batches. Transient failures (connection errors,
+timeouts, 429/502/503/504) are retried with exponential backoff by `RetryPolicy`; every operation is
+idempotent (point ids are derived from item ids), so a retry after a lost reply is harmless.
+Anything else, and a DimensionMismatch above all, fails at once as an IndexError_.
+
+Threads: the server client (httpx) is thread-safe. Local mode is not, so calls on it are serialised
+by a lock here; local mode with `path=` also needs `force_disable_check_same_thread=True` when used
+from several threads (its SQLite connection refuses other threads otherwise).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import httpx
+import numpy as np
+from numpy.typing import NDArray
+from qdrant_client import QdrantClient, models
+from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+from xmodal.errors import DimensionMismatch, IndexError_, XmodalError
+from xmodal.indexer import _common as common
+from xmodal.indexer.base import Hit, IndexPoint, point_id
+
+__all__ = ["QdrantIndex", "RetryPolicy"]
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
+_TRANSIENT_STATUS = frozenset({429, 502, 503, 504})
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """`attempts` tries in all; the waits between them double from `base_delay_s` up to `max_delay_s`."""
+
+    attempts: int = 4
+    base_delay_s: float = 0.2
+    max_delay_s: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1 or self.base_delay_s < 0 or self.max_delay_s < 0:
+            raise ValueError(f"invalid {self!r}: attempts >= 1 and non-negative delays")
+
+    def delay(self, retry: int) -> float:
+        return min(self.base_delay_s * 2.0**retry, self.max_delay_s)
+
+
+def is_transient(error: BaseException) -> bool:
+    """Worth retrying: the request may not have reached the server, or the server is overloaded."""
+    if isinstance(error, UnexpectedResponse):
+        return error.status_code in _TRANSIENT_STATUS
+    return isinstance(error, ResponseHandlingException | httpx.TransportError | ConnectionError | TimeoutError)
+
+
+class QdrantIndex:
+    """VectorIndex on qdrant-client. Owns `client`: `close()` closes it."""
+
+    def __init__(
+        self,
+        client: QdrantClient,
+        collection_prefix: str,
+        *,
+        retry: RetryPolicy = RetryPolicy(),
+        batch_size: int = 256,
+    ) -> None:
+        self._client = client
+        self._prefix = collection_prefix
+        self._retry = retry
+        self._batch_size = batch_size
+        options = client.init_options
+        self._local = options.get("location") == ":memory:" or options.get("path") is not None
+        self._where = str(options.get("url") or options.get("host") or options.get("path") or options.get("location"))
+        # Local mode keeps numpy arrays that a concurrent upsert may reallocate under a search.
+        self._lock: contextlib.AbstractContextManager[Any] = (
+            threading.Lock() if self._local else contextlib.nullcontext()
+        )
+        self._dims: dict[str, int] = {}
+        self._closed = False
+
+    # -- protocol ---------------------------------------------------------------------------
+
+    def ensure_collection(self, space: str, dim: int) -> None:
+        name = self.collection(space)
+        common.check_dim(dim)
+        if not self._call("collection_exists", name, self._client.collection_exists):
+            try:
+                self._call(
+                    "create_collection",
+                    name,
+                    self._client.create_collection,
+                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                )
+            except IndexError_:
+                # Another worker may have created it since we looked; then check it like any other.
+                if not self._call("collection_exists", name, self._client.collection_exists):
+                    raise
+        stored = self._stored_dim(space)
+        if stored != dim:
+            raise DimensionMismatch(
+                f"space {space!r}: Qdrant collection {name!r} at {self._where} holds {stored}-d vectors but the "
+                f"encoder makes {dim}-d vectors; delete that collection (or choose another XMODAL_TOPIC_PREFIX) "
+                f"and re-ingest to rebuild it for this encoder"
+            )
+        if not self._local:  # local mode ignores payload indexes (and warns about them)
+            for field in ("modality", "item_id"):
+                self._call(
+                    "create_payload_index",
+                    name,
+                    self._client.create_payload_index,
+                    field,
+                    field_schema=models.PayloadSchemaType.KEYWORD,
+                    wait=True,
+                )
+
+    def upsert(self, space: str, points: Sequence[IndexPoint]) -> None:
+        if not points:
+            return
+        name = self.collection(space)
+        vectors = common.check_points(space, self._dim(space), points)
+        for start in range(0, len(points), self._batch_size):
+            batch = points[start : start + self._batch_size]
+            structs = [
+                models.PointStruct(id=point_id(p.item_id), vector=vectors[start + i].tolist(), payload=p.payload())
+                for i, p in enumerate(batch)
+            ]
+            self._call("upsert", name, self._client.upsert, points=structs, wait=True)
+
+    def delete(self, space: str, item_ids: Sequence[str]) -> None:
+        if not item_ids:
+            return
+        selector = models.PointIdsList(points=[point_id(i) for i in item_ids])
+        self._call("delete", self.collection(space), self._client.delete, points_selector=selector, wait=True)
+
+    def search(
+        self,
+        space: str,
+        vector: NDArray[np.float32],
+        k: int,
+        *,
+        modalities: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+    ) -> list[Hit]:
+        common.check_k(k)
+        name = self.collection(space)
+        query = common.check_query(space, self._dim(space), vector)
+        query_filter = _query_filter(common.check_modalities(modalities), filter)
+        if modalities is not None and not modalities:
+            return []
+
+        def fetch(limit: int) -> list[Hit]:
+            response = self._call(
+                "search",
+                name,
+                self._client.query_points,
+                query=query,
+                query_filter=query_filter,
+                limit=limit,
+                with_payload=True,
+            )
+            return [common.hit_from_payload(p.payload, p.score) for p in response.points]
+
+        return common.top_k(fetch, k)
+
+    def count(self, space: str) -> int:
+        return self._call("count", self.collection(space), self._client.count, exact=True).count
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            self._client.close()
+
+    def collection(self, space: str) -> str:
+        """The Qdrant collection that holds `space`."""
+        return f"{self._prefix}_{common.check_space(space)}"
+
+    # -- internals ----------------------------------------------------------------------------
+
+    def _dim(self, space: str) -> int:
+        dim = self._dims.get(space)
+        return dim if dim is not None else self._stored_dim(space)
+
+    def _stored_dim(self, space: str) -> int:
+        name = self.collection(space)
+        if not self._call("collection_exists", name, self._client.collection_exists):
+            raise IndexError_(
+                f"space {space!r} has no collection {name!r} at {self._where}; call ensure_collection first"
+            )
+        params = self._call("get_collection", name, self._client.get_collection).config.params.vectors
+        if not isinstance(params, models.VectorParams) or params.distance != models.Distance.COSINE:
+            raise IndexError_(
+                f"collection {name!r} at {self._where} was not made by xmodal (it needs one unnamed cosine "
+                f"vector, it has {params!r}); delete it or choose another XMODAL_TOPIC_PREFIX"
+            )
+        self._dims[space] = params.size
+        return params.size
+
+    def _call(self, op: str, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """`fn(name, *args, **kwargs)` under the retry policy; every failure leaves as an XmodalError."""
+        if self._closed:
+            raise IndexError_(f"the Qdrant index at {self._where} is closed")
+        for attempt in range(1, self._retry.attempts + 1):
+            try:
+                with self._lock:
+                    return fn(name, *args, **kwargs)
+            except XmodalError:
+                raise
+            except Exception as e:
+                what = f"Qdrant {op} on {name!r} at {self._where}"
+                if not is_transient(e):
+                    raise IndexError_(f"{what} failed: {e}") from e
+                if attempt == self._retry.attempts:
+                    raise IndexError_(f"{what} failed after {attempt} attempts: {e}") from e
+                delay = self._retry.delay(attempt - 1)
+                log.warning("%s failed (%s); retry %d in %.2fs", what, e, attempt, delay)
+                time.sleep(delay)
+        raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _query_filter(modalities: list[str] | None, filter: Mapping[str, Any] | None) -> models.Filter | None:
+    conditions: list[models.Condition] = []
+    if modalities is not None:
+        conditions.append(models.FieldCondition(key="modality", match=models.MatchAny(any=modalities)))
+    for path, value in common.metadata_conditions(filter):
+        conditions.append(models.FieldCondition(key=path, match=models.MatchValue(value=value)))
+    return models.Filter(must=conditions) if conditions else None
