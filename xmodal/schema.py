@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt, StrictStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from pydantic import model_validator
 
 from xmodal.errors import SchemaError
@@ -30,7 +30,8 @@ __all__ = [
 
 PROTOCOL_VERSION = 1
 Modality = Literal["text", "image", "audio"]
-MetadataValue = StrictStr | StrictInt | StrictFloat | StrictBool | None
+# Filters are exact matches: floats (no exact equality) and null (no match semantics) are refused.
+FilterValue = StrictStr | StrictInt | StrictBool
 # Metadata is stored as payload and filtered by equality: JSON objects of any depth are fine.
 Metadata = dict[str, Any]
 
@@ -106,7 +107,7 @@ class SearchRequest(_Message):
     query: Query
     k: Annotated[int, Field(ge=1, le=1000)] = 10
     modalities: Annotated[list[Modality], Field(min_length=1)] | None = None
-    filter: dict[str, MetadataValue] = Field(default_factory=dict)
+    filter: dict[str, FilterValue] = Field(default_factory=dict)
     spaces: Annotated[list[str], Field(min_length=1)] | None = None  # default: every configured space
     deadline_ms: int | None = None  # ms since epoch; a request seen after it gets deadline_exceeded
 
@@ -151,6 +152,7 @@ _CODES = {
     "greater_than_equal": "out_of_range",
     "less_than_equal": "out_of_range",
     "string_too_short": "invalid_value",
+    "too_short": "invalid_value",
     "string_too_long": "too_long",
 }
 
@@ -163,7 +165,7 @@ def _schema_error(e: ValidationError, message_name: str) -> SchemaError:
         field, code, text = cause.field, cause.code, cause.message
     elif err["loc"][:1] == ("filter",) and len(err["loc"]) > 2:
         field = f"filter.{err['loc'][1]}"
-        code, text = "invalid_filter", f"{field}: filter values are strings, numbers, booleans or null"
+        code, text = "invalid_filter", f"{field}: filter values are strings, integers or booleans (exact match)"
         return SchemaError(text, code=code, field=field)
     else:
         field = loc or message_name
