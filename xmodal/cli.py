@@ -241,6 +241,43 @@ def search(
     out.print(table)
 
 
+@app.command()
+def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
+    """Build the HNSW index of the embedded index (run while xmodal up / worker is stopped).
+
+    qdrant-edge never builds HNSW by itself: searches are exact scans until this runs, which is
+    fine up to ~100k points per space. A Qdrant server builds its indexes itself.
+    """
+    import time
+
+    from xmodal.indexer.edge import EdgeIndex
+    from xmodal.runtime import IndexLock
+
+    settings = _settings(data_dir=data_dir, spaces=spaces)
+    if not settings.embedded_index:
+        _fail("XMODAL_QDRANT_URL is set: a Qdrant server builds its HNSW indexes itself", 2)
+    lock = IndexLock(settings.data_dir / "index.lock")
+    try:
+        lock.acquire()
+    except ConfigError as e:
+        _fail(e.message, 2)
+    index = EdgeIndex(settings.data_dir / "index")
+    try:
+        for space in settings.spaces:
+            if not (settings.data_dir / "index" / space).is_dir():
+                out.print(f"{space}: no collection yet")
+                continue
+            start = time.perf_counter()
+            with out.status(f"{space}: building HNSW over {index.count(space)} points…"):
+                changed = index.optimize(space)
+            out.print(f"{space}: {'optimized' if changed else 'already optimal'} in {time.perf_counter() - start:.1f} s")
+    except XmodalError as e:
+        _fail(e.message)
+    finally:
+        index.close()
+        lock.release()
+
+
 def main() -> None:
     try:
         app()

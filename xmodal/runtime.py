@@ -30,7 +30,7 @@ if TYPE_CHECKING:
     from xmodal.query_api.service import QueryService
     from xmodal.streams.runner import FaustRunner
 
-__all__ = ["Node", "Roles", "resolve_bootstrap"]
+__all__ = ["IndexLock", "Node", "Roles", "resolve_bootstrap"]
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +49,7 @@ def resolve_bootstrap(settings: Settings) -> str | None:
     return settings.kafka_bootstrap or read_recorded_address(settings.data_dir)
 
 
-class _IndexLock:
+class IndexLock:
     """The embedded index belongs to one process; a second one gets a clear error, not corruption."""
 
     def __init__(self, path: Path) -> None:
@@ -93,7 +93,7 @@ class Node:
         self.spaces: dict[str, Encoder] = {}
         self.index: VectorIndex | None = None
         self._broker: EmbeddedBroker | None = None
-        self._lock: _IndexLock | None = None
+        self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
         self._query: QueryService | None = None
 
@@ -110,7 +110,7 @@ class Node:
         self.bootstrap = self._connect()
         ensure_topics(settings, self.bootstrap)
         if settings.embedded_index:
-            self._lock = _IndexLock(settings.data_dir / "index.lock")
+            self._lock = IndexLock(settings.data_dir / "index.lock")
             self._lock.acquire()
         self.spaces = build_spaces(settings)
         self.index = open_index(settings)
