@@ -1,0 +1,141 @@
+"""The search path as plain code, no Kafka: SearchRequest in, fused hits out.
+
+    choose spaces -> decode the query (query_decode) -> encode it per space (query_encode)
+                  -> search each space (search) -> fuse (fusion.py)
+
+Every refusal is an XmodalError with a stable code, which the query service puts in the error
+reply: `unknown_space` (SchemaError), `unsupported_modality` (EncodeError), the media codes of
+`xmodal.encoders.media` (MediaError), `encode_error` when a tower fails on the query.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import numpy as np
+
+from xmodal.encoders.base import Encoder, Modality, Vectors
+from xmodal.encoders.media import MediaLimits, load_media
+from xmodal.errors import EncodeError, SchemaError, XmodalError
+from xmodal.indexer.base import Hit, VectorIndex
+from xmodal.metrics import STAGE_SECONDS
+from xmodal.query_api.fusion import fuse
+from xmodal.schema import Query, SearchHit, SearchRequest
+
+__all__ = ["Searcher"]
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)
+
+
+class Searcher:
+    """Answers SearchRequests against `index` with the encoders of `spaces` (name -> Encoder).
+
+    Thread-safe: the query service calls `search` from several threads. Calls into one encoder
+    are serialised, because tokenizers and towers are not guaranteed to be reentrant and torch
+    already spreads one call over the cores; searches of the index run concurrently.
+    """
+
+    def __init__(self, spaces: Mapping[str, Encoder], index: VectorIndex, limits: MediaLimits) -> None:
+        if not spaces:
+            raise ValueError("a Searcher needs at least one space")
+        self._spaces = dict(spaces)
+        self._index = index
+        self._limits = limits
+        self._encode_locks = {name: threading.Lock() for name in self._spaces}
+
+    @property
+    def spaces(self) -> tuple[str, ...]:
+        return tuple(self._spaces)
+
+    def start(self, *, load_encoders: bool = True) -> None:
+        """Start-up hook: load the towers (skip it when the ingest pipeline of the same process
+        shares and has loaded them) and create or check every space's collection."""
+        for name, encoder in self._spaces.items():
+            if load_encoders:
+                encoder.load()
+            self._index.ensure_collection(name, encoder.dim)
+
+    def search(self, request: SearchRequest) -> list[SearchHit]:
+        modality = request.query.kind
+        spaces = self._choose_spaces(request.spaces, modality)
+        with timed("query_decode"):
+            content = self._decode(request.query)
+        vectors: dict[str, Vectors] = {}
+        with timed("query_encode"):
+            for name in spaces:
+                vectors[name] = self._encode(name, modality, content)
+        ranked: dict[str, list[Hit]] = {}
+        with timed("search"):
+            for name in spaces:
+                ranked[name] = self._index.search(
+                    name,
+                    vectors[name],
+                    request.k,
+                    modalities=request.modalities,
+                    filter=request.filter or None,
+                )
+        return fuse(ranked, request.k)
+
+    def _choose_spaces(self, requested: list[str] | None, modality: Modality) -> list[str]:
+        """The spaces to search: those requested (default all), in order, that encode `modality`."""
+        names = list(dict.fromkeys(requested)) if requested else list(self._spaces)
+        unknown = [n for n in names if n not in self._spaces]
+        if unknown:
+            raise SchemaError(
+                f"unknown space {', '.join(map(repr, unknown))}; this service searches: {', '.join(self._spaces)}",
+                code="unknown_space",
+                field="spaces",
+            )
+        able = [n for n in names if modality in self._spaces[n].modalities]
+        if not able:
+            with_modality = [n for n, e in self._spaces.items() if modality in e.modalities]
+            hint = f"spaces here that do: {', '.join(with_modality)}" if with_modality else "no space here does"
+            raise EncodeError(
+                f"no space of {', '.join(names)} encodes {modality} queries; {hint}",
+                code="unsupported_modality",
+            )
+        return able
+
+    def _decode(self, query: Query) -> Any:
+        """The query's content as its tower takes it: str, RGB PIL image or Waveform."""
+        if query.text is not None:
+            return query.text
+        if query.image is not None:
+            return load_media("image", data_b64=query.image, uri=None, limits=self._limits)
+        if query.audio is not None:
+            return load_media("audio", data_b64=query.audio, uri=None, limits=self._limits)
+        if query.modality == "image":
+            return load_media("image", data_b64=None, uri=query.uri, limits=self._limits)
+        return load_media("audio", data_b64=None, uri=query.uri, limits=self._limits)
+
+    def _encode(self, space: str, modality: Modality, content: Any) -> Vectors:
+        encoder = self._spaces[space]
+        try:
+            with self._encode_locks[space]:
+                if modality == "text":
+                    out = encoder.encode_texts([content])
+                elif modality == "image":
+                    out = encoder.encode_images([content])
+                else:
+                    out = encoder.encode_audio([content])
+        except XmodalError:
+            raise
+        except Exception as e:  # a tower crash on this input: the caller's problem to see, not ours to hide
+            raise EncodeError(f"space {space!r} failed to encode the {modality} query: {type(e).__name__}: {e}") from e
+        if np.shape(out) != (1, encoder.dim):
+            raise EncodeError(
+                f"space {space!r} returned shape {np.shape(out)} for one query, expected (1, {encoder.dim})"
+            )
+        vector: Vectors = out[0]
+        return vector
