@@ -6,24 +6,22 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from qa_support import open_backend, populate
-
-from xmodal.config import load_settings
-from xmodal.encoders.mini import MiniSpace
 from xmodal.indexer import VectorIndex
+
+from qa_support import MiniText, open_backend, populate
 
 
 @pytest.fixture(scope="session")
-def mini() -> MiniSpace:
-    """The real mini space (MiniLM text tower), loaded once: a few seconds."""
-    space = MiniSpace(load_settings({}))
+def mini() -> MiniText:
+    """The mini space's real text tower (all-MiniLM-L6-v2), loaded once: a few seconds."""
+    space = MiniText()
     space.load()
     return space
 
 
 @pytest.fixture(scope="module", params=["edge", "qdrant-local"])
 def index(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mini: MiniSpace
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory, mini: MiniText
 ) -> Iterator[VectorIndex]:
     """Each backend, holding CORPUS in the spaces `mini` and `toy`."""
     idx = open_backend(request.param, tmp_path_factory.mktemp(request.param))

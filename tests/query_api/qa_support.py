@@ -1,5 +1,5 @@
-"""Helpers of the search-side tests: a toy space for the media paths MiniSpace has no tower for
-yet, a small corpus, request and media builders, both index backends.
+"""Helpers of the search-side tests: the mini text tower as a space, a toy space for image, audio
+and multi-space paths, a small corpus, request and media builders, both index backends.
 
 The toy space is honest about what it is: a 4-d "colour" space (red, green, blue, other) whose text
 tower counts colour words, whose image tower takes the mean colour and whose audio tower marks
@@ -20,13 +20,43 @@ import orjson
 import soundfile as sf
 from PIL import Image
 from qdrant_client import QdrantClient
-
-from xmodal.encoders.base import Modality, Vectors, Waveform, l2_normalize
-from xmodal.encoders.mini import MiniSpace
+from xmodal.encoders.base import Encoder, Modality, Vectors, Waveform, l2_normalize
+from xmodal.encoders.mini.text import MINILM_DIM, MiniLMText
+from xmodal.errors import EncodeError
 from xmodal.indexer import EdgeIndex, IndexPoint, QdrantIndex, VectorIndex
 from xmodal.schema import SearchRequest, parse_search_request
 
 TOY_DIM = 4
+
+
+class MiniText:
+    """The `mini` space reduced to its text tower: the real all-MiniLM-L6-v2 of MiniSpace.
+
+    The search side's tests need real semantics, not MiniSpace's trained image/audio towers (whose
+    weights are built separately), and a space without an image tower keeps `unsupported_modality`
+    reachable whatever the shipped towers are.
+    """
+
+    name = "mini"
+    dim = MINILM_DIM
+    modalities: frozenset[Modality] = frozenset({"text"})
+
+    def __init__(self) -> None:
+        self._text = MiniLMText()
+
+    def load(self) -> None:
+        self._text.load()
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        return self._text.encode(texts)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
+        raise EncodeError("this mini has no image tower", code="unsupported_modality")
+
+    def encode_audio(self, clips: Sequence[Waveform]) -> Vectors:
+        raise EncodeError("this mini has no audio tower", code="unsupported_modality")
+
+
 _TOY_WORDS = {"red": 0, "crimson": 0, "green": 1, "blue": 2}
 
 
@@ -95,7 +125,7 @@ def wav_bytes(seconds: float = 0.25, rate: int = 16_000) -> bytes:
     return buf.getvalue()
 
 
-def populate(index: VectorIndex, mini: MiniSpace) -> None:
+def populate(index: VectorIndex, mini: Encoder) -> None:
     index.ensure_collection("mini", mini.dim)
     index.ensure_collection("toy", TOY_DIM)
     ids = list(CORPUS)

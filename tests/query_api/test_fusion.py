@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 
 import pytest
-
 from xmodal.indexer.base import Hit
 from xmodal.query_api.fusion import RRF_K, fuse
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import orjson
 import pytest
-
 from xmodal.errors import SearchError
 from xmodal.query_api import hits_or_raise
 from xmodal.query_api.service import MAX_ECHOED_ID, salvage_route, usable_topic

@@ -8,13 +8,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
-from qa_support import ToySpace, make_request, png_bytes, wav_bytes
-
 from xmodal.encoders.media import MediaLimits
-from xmodal.encoders.mini import MiniSpace
 from xmodal.errors import EncodeError, MediaError, SchemaError
 from xmodal.indexer import VectorIndex
 from xmodal.query_api import RRF_K, Searcher
+
+from qa_support import MiniText, ToySpace, make_request, png_bytes, wav_bytes
 
 
 @pytest.fixture(scope="module")
@@ -26,14 +25,14 @@ def media_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def searcher(index: VectorIndex, mini: MiniSpace, media_root: Path) -> Iterator[Searcher]:
+def searcher(index: VectorIndex, mini: MiniText, media_root: Path) -> Iterator[Searcher]:
     s = Searcher({"mini": mini, "toy": ToySpace()}, index, MediaLimits(media_roots=(media_root,)))
     s.start(load_encoders=False)  # mini is loaded once per session by its fixture
     yield s
 
 
 @pytest.fixture(scope="module")
-def mini_only(index: VectorIndex, mini: MiniSpace) -> Searcher:
+def mini_only(index: VectorIndex, mini: MiniText) -> Searcher:
     return Searcher({"mini": mini}, index, MediaLimits())
 
 

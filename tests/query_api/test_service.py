@@ -18,16 +18,15 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import REGISTRY
-from qa_support import CORPUS, ToySpace, open_backend, png_bytes, populate
-
 from xmodal.config import Settings, load_settings
 from xmodal.encoders.media import MediaLimits
-from xmodal.encoders.mini import MiniSpace
 from xmodal.errors import SchemaError, SearchError, SearchTimeout
 from xmodal.indexer import Hit, VectorIndex
 from xmodal.query_api import QueryService, SearchClient, Searcher, hits_or_raise
 from xmodal.schema import SearchReply, parse_search_reply
 from xmodal.streams.kafka import ensure_topics
+
+from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, populate
 
 pytestmark = pytest.mark.broker
 
@@ -79,7 +78,7 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 @pytest.fixture(scope="module")
 def service(
-    broker: str, settings: Settings, mini: MiniSpace, tmp_path_factory: pytest.TempPathFactory
+    broker: str, settings: Settings, mini: MiniText, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[QueryService]:
     index = open_backend("edge", tmp_path_factory.mktemp("edge"))
     populate(index, mini)

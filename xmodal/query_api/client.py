@@ -157,7 +157,7 @@ class SearchClient:
         modality: Literal["image", "audio"] | None = None,
         k: int = 10,
         modalities: Sequence[str] | None = None,
-        filter: dict[str, str | int | float | bool | None] | None = None,
+        filter: dict[str, str | int | bool] | None = None,
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> list[SearchHit]:
@@ -189,7 +189,7 @@ class SearchClient:
         modality: Literal["image", "audio"] | None = None,
         k: int = 10,
         modalities: Sequence[str] | None = None,
-        filter: dict[str, str | int | float | bool | None] | None = None,
+        filter: dict[str, str | int | bool] | None = None,
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
     ) -> Future[SearchReply]:

@@ -87,7 +87,11 @@ def salvage_route(value: bytes | None, key: bytes | None, default_topic: str) ->
 
 
 class QueryService:
-    """Serves search requests with `searcher` until stopped. Call `searcher.start()` first."""
+    """Serves search requests with `searcher` until stopped.
+
+    The searcher's towers must be loaded and its collections exist: `searcher.start()`, or the
+    start-up of an ingest pipeline that shares the same encoders and index (as `xmodal up` does).
+    """
 
     def __init__(self, settings: Settings, bootstrap: str, searcher: Searcher) -> None:
         self._settings = settings
