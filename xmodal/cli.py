@@ -15,7 +15,7 @@ from rich.console import Console
 from rich.table import Table
 
 from xmodal.config import Settings, load_settings
-from xmodal.errors import ConfigError, SearchError, XmodalError
+from xmodal.errors import ConfigError, XmodalError
 
 __all__ = ["app", "main"]
 
@@ -224,10 +224,8 @@ def search(
             hits = client.search(
                 **query, k=k, modalities=modalities, filter=_parse_filter(filters), timeout=timeout
             )
-    except SearchError as e:
+    except XmodalError as e:  # refused before sending (SchemaError) or by the service (SearchError)
         _fail(f"{e.code}: {e.message}")
-    except XmodalError as e:
-        _fail(e.message)
     if as_json:
         sys.stdout.buffer.write(orjson.dumps([h.model_dump(mode="json") for h in hits], option=orjson.OPT_INDENT_2))
         sys.stdout.write("\n")
@@ -239,6 +237,62 @@ def search(
         meta = orjson.dumps(hit.metadata).decode() if hit.metadata else ""
         table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.id, meta)
     out.print(table)
+
+
+@app.command()
+def demo(
+    images: Annotated[int, typer.Option(help="Images per half of the gallery (held-out + seen combinations).")] = 500,
+    sounds: Annotated[int, typer.Option(help="Sounds per half of the gallery.")] = 150,
+    queries: Annotated[int, typer.Option(help="Queries per direction.")] = 100,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as JSON.")] = False,
+    data_dir: DataDir = None,
+) -> None:
+    """Generate shapes and sounds, ingest them through Kafka, search across modalities, print recall@k."""
+    from tqdm import tqdm
+
+    from xmodal.demo import format_examples, run_demo
+
+    settings = _settings(data_dir=data_dir, spaces="mini")
+    total = 4 * images + 4 * sounds  # every image and sound, plus a caption of each
+    bars = {
+        name: tqdm(desc=name, total=n, unit="ev", file=sys.stderr, disable=None, leave=True)
+        for name, n in (("sent", total), ("indexed", total), ("searched", 2 * min(queries, images) + 2 * min(queries, sounds)))
+    }
+    try:
+        result = run_demo(
+            settings, images=images, sounds=sounds, queries=queries, progress=lambda what, n: bars[what].update(n)
+        )
+    except XmodalError as e:
+        _fail(e.message)
+    finally:
+        for bar in bars.values():
+            bar.close()
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(result.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    for direction, query, rows in format_examples(result):
+        table = Table(title=f"{direction}: {query}", title_justify="left")
+        for column in ("rank", "score", "modality", "id", "same attributes"):
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        out.print(table)
+    figures = Table(title="recall@k / precision@k through the live pipeline (Kafka → index → Kafka)", title_justify="left")
+    figures.add_column("direction")
+    figures.add_column("queries", justify="right")
+    for label in ("R@1", "R@5", "R@10", "P@1", "P@5", "P@10"):
+        figures.add_column(label, justify="right")
+    for d in result.directions:
+        figures.add_row(
+            d.direction, str(d.queries),
+            *(f"{d.recall[k]:.2f}" for k in (1, 5, 10)), *(f"{d.precision[k]:.2f}" for k in (1, 5, 10)),
+        )
+    out.print(figures)
+    out.print(
+        f"{sum(result.items.values())} items ingested and indexed in {result.ingest_seconds:.1f} s; "
+        f"search p50 {result.search_ms_p50:.1f} ms inside the service; page: {result.html}",
+        highlight=False,
+    )
 
 
 @app.command()

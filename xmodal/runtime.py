@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import IO, TYPE_CHECKING
 
 from xmodal.config import Settings
-from xmodal.encoders.base import Encoder
+from xmodal.encoders.base import Encoder, SerializedEncoder
 from xmodal.encoders.media import MediaLimits
 from xmodal.encoders.registry import build_spaces
 from xmodal.errors import BrokerError, ConfigError
@@ -112,7 +112,8 @@ class Node:
         if settings.embedded_index:
             self._lock = IndexLock(settings.data_dir / "index.lock")
             self._lock.acquire()
-        self.spaces = build_spaces(settings)
+        # Shared by the ingest thread and the query threads of this process: one call at a time.
+        self.spaces = {name: SerializedEncoder(e) for name, e in build_spaces(settings).items()}
         self.index = open_index(settings)
         limits = MediaLimits.from_settings(settings)
         # Loads every tower and checks every collection's dimension before consuming anything.

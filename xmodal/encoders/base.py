@@ -16,7 +16,7 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["MODALITIES", "Encoder", "Modality", "Vectors", "Waveform", "l2_normalize"]
+__all__ = ["MODALITIES", "Encoder", "Modality", "SerializedEncoder", "Vectors", "Waveform", "l2_normalize"]
 
 Modality = Literal["text", "image", "audio"]
 MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
@@ -65,3 +65,39 @@ def l2_normalize(x: NDArray[np.floating]) -> Vectors:
     x = np.asarray(x, dtype=np.float32)
     norms = np.linalg.norm(x, axis=-1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
+
+
+class SerializedEncoder:
+    """An Encoder whose calls run one at a time.
+
+    `xmodal up` shares one set of towers between the ingest agents and the query service; fast
+    tokenizers are not reentrant ("Already borrowed") and torch already spreads one call over
+    every core, so concurrent calls gain nothing and may fail.
+    """
+
+    def __init__(self, inner: Encoder) -> None:
+        import threading
+
+        self._inner = inner
+        self._lock = threading.Lock()
+        self.name, self.dim = inner.name, inner.dim
+
+    @property
+    def modalities(self) -> frozenset[Modality]:
+        return self._inner.modalities
+
+    def load(self) -> None:
+        with self._lock:
+            self._inner.load()
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        with self._lock:
+            return self._inner.encode_texts(texts)
+
+    def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
+        with self._lock:
+            return self._inner.encode_images(images)
+
+    def encode_audio(self, clips: Sequence[Waveform]) -> Vectors:
+        with self._lock:
+            return self._inner.encode_audio(clips)
