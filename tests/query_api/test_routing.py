@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import orjson
 import pytest
-from xmodal.errors import SearchError
+
+from xmodal.errors import SchemaError, SearchError
 from xmodal.query_api import hits_or_raise
+from xmodal.query_api.client import parse_reply
 from xmodal.query_api.service import MAX_ECHOED_ID, salvage_route, usable_topic
 from xmodal.schema import ErrorInfo, SearchHit, SearchReply
 
@@ -66,3 +68,26 @@ def test_hits_or_raise() -> None:
     with pytest.raises(SearchError) as e:
         hits_or_raise(SearchReply(request_id="r", ok=False))
     assert e.value.code == "search_error"
+
+
+def test_replies_from_a_newer_service_still_parse() -> None:
+    value = orjson.dumps(
+        {
+            "request_id": "r",
+            "ok": True,
+            "took_ms": 1.5,
+            "hits": [{"id": "a", "score": 0.5, "modality": "text", "metadata": {"k": 1}, "rank": 1}],
+            "error": None,
+            "protocol": 2,
+        }
+    )
+    reply = parse_reply(value)
+    assert reply.hits == [SearchHit(id="a", score=0.5, modality="text", metadata={"k": 1})]
+    failed = parse_reply(orjson.dumps({"request_id": "r", "ok": False, "error": {"code": "c", "message": "m", "x": 1}}))
+    assert failed.error == ErrorInfo(code="c", message="m")
+
+
+@pytest.mark.parametrize("value", [b"nope", b"[]", b'{"ok": true}', b'{"request_id": "r", "ok": "yes please"}'])
+def test_what_is_not_a_reply_is_refused(value: bytes) -> None:
+    with pytest.raises(SchemaError):
+        parse_reply(value)

@@ -23,17 +23,25 @@ from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass
 from types import TracebackType
-from typing import Literal
+from typing import Any, Literal
 
 import orjson
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, SchemaError, SearchError, SearchTimeout
-from xmodal.schema import SearchHit, SearchReply, SearchRequest, dump, parse_search_reply, parse_search_request
+from xmodal.schema import (
+    ErrorInfo,
+    SearchHit,
+    SearchReply,
+    SearchRequest,
+    dump,
+    parse_search_reply,
+    parse_search_request,
+)
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config
 
-__all__ = ["SearchClient", "hits_or_raise"]
+__all__ = ["SearchClient", "hits_or_raise", "parse_reply"]
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +56,35 @@ def hits_or_raise(reply: SearchReply) -> list[SearchHit]:
     code = error.code if error is not None else "search_error"
     message = error.message if error is not None else "the service said ok=false without an error"
     raise SearchError(f"search request {reply.request_id} failed: {code}: {message}", code=code)
+
+
+_REPLY_FIELDS = frozenset(SearchReply.model_fields)
+_HIT_FIELDS = frozenset(SearchHit.model_fields)
+_ERROR_FIELDS = frozenset(ErrorInfo.model_fields)
+
+
+def parse_reply(value: bytes) -> SearchReply:
+    """A SearchReply, ignoring fields this version does not know.
+
+    Requests are parsed strictly (a misspelt field is the sender's bug), but a reader must keep
+    working when a newer service adds a field to its replies, so unknown keys are dropped here.
+    """
+    try:
+        raw = orjson.loads(value)
+    except orjson.JSONDecodeError as e:
+        raise SchemaError(f"SearchReply is not valid JSON: {e}", code="invalid_json") from e
+    if not isinstance(raw, dict):
+        raise SchemaError("SearchReply must be a JSON object", code="invalid_json")
+    known: dict[str, Any] = {k: v for k, v in raw.items() if k in _REPLY_FIELDS}
+    if isinstance(known.get("hits"), list):
+        known["hits"] = [_only(h, _HIT_FIELDS) for h in known["hits"]]
+    if isinstance(known.get("error"), dict):
+        known["error"] = _only(known["error"], _ERROR_FIELDS)
+    return parse_search_reply(orjson.dumps(known))
+
+
+def _only(item: Any, fields: frozenset[str]) -> Any:
+    return {k: v for k, v in item.items() if k in fields} if isinstance(item, dict) else item
 
 
 @dataclass
@@ -334,7 +371,7 @@ class SearchClient:
         if value is None:
             return
         try:
-            reply = parse_search_reply(value)
+            reply = parse_reply(value)
         except SchemaError as e:
             # Someone else's record on a shared topic is not ours to fail on.
             log.debug("skipping a record on %s that is not a SearchReply: %s", self.reply_topic, e)
