@@ -6,9 +6,9 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from xmodal.indexer import VectorIndex
-
 from qa_support import MiniText, open_backend, populate
+
+from xmodal.indexer import VectorIndex
 
 
 @pytest.fixture(scope="session")

@@ -20,6 +20,7 @@ import orjson
 import soundfile as sf
 from PIL import Image
 from qdrant_client import QdrantClient
+
 from xmodal.encoders.base import Encoder, Modality, Vectors, Waveform, l2_normalize
 from xmodal.encoders.mini.text import MINILM_DIM, MiniLMText
 from xmodal.errors import EncodeError

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 
 import pytest
+
 from xmodal.indexer.base import Hit
 from xmodal.query_api.fusion import RRF_K, fuse
 

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
+from qa_support import MiniText, ToySpace, make_request, png_bytes, wav_bytes
+
 from xmodal.encoders.media import MediaLimits
 from xmodal.errors import EncodeError, MediaError, SchemaError
 from xmodal.indexer import VectorIndex
 from xmodal.query_api import RRF_K, Searcher
-
-from qa_support import MiniText, ToySpace, make_request, png_bytes, wav_bytes
 
 
 @pytest.fixture(scope="module")

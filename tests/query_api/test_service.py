@@ -18,6 +18,8 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import REGISTRY
+from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, populate
+
 from xmodal.config import Settings, load_settings
 from xmodal.encoders.media import MediaLimits
 from xmodal.errors import SchemaError, SearchError, SearchTimeout
@@ -25,8 +27,6 @@ from xmodal.indexer import Hit, VectorIndex
 from xmodal.query_api import QueryService, SearchClient, Searcher, hits_or_raise
 from xmodal.schema import SearchReply, parse_search_reply
 from xmodal.streams.kafka import ensure_topics
-
-from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, populate
 
 pytestmark = pytest.mark.broker
 
