@@ -14,6 +14,7 @@ search, fuse). Results are printed for sequential searches and then for N search
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import platform
 import signal
@@ -138,7 +139,7 @@ def run_concurrent(client: SearchClient, queries: int, k: int, in_flight: int) -
         slots.acquire()
         sent = time.perf_counter()
         future = client.search_async(QUERIES[i % len(QUERIES)], k=k, timeout=30)
-        future.add_done_callback(lambda f, sent=sent: done(sent, f))
+        future.add_done_callback(functools.partial(done, sent))
     for _ in range(in_flight):
         slots.acquire()
     wall = time.perf_counter() - start

@@ -5,8 +5,9 @@ from __future__ import annotations
 import orjson
 import pytest
 
+from xmodal.config import load_settings
 from xmodal.errors import SchemaError, SearchError
-from xmodal.query_api import hits_or_raise
+from xmodal.query_api import SearchClient, hits_or_raise
 from xmodal.query_api.client import parse_reply
 from xmodal.query_api.service import MAX_ECHOED_ID, salvage_route, usable_topic
 from xmodal.schema import ErrorInfo, SearchHit, SearchReply
@@ -91,3 +92,8 @@ def test_replies_from_a_newer_service_still_parse() -> None:
 def test_what_is_not_a_reply_is_refused(value: bytes) -> None:
     with pytest.raises(SchemaError):
         parse_reply(value)
+
+
+def test_a_client_reply_topic_must_be_a_topic_name() -> None:
+    with pytest.raises(ValueError, match="not a Kafka topic name"):
+        SearchClient(load_settings({}), "127.0.0.1:1", reply_topic="my replies")

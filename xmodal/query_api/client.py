@@ -30,6 +30,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, SchemaError, SearchError, SearchTimeout
+from xmodal.query_api.service import usable_topic
 from xmodal.schema import (
     ErrorInfo,
     SearchHit,
@@ -105,6 +106,8 @@ class SearchClient:
         self._settings = settings
         self._bootstrap = bootstrap
         self.reply_topic = reply_topic or settings.replies_topic
+        if not usable_topic(self.reply_topic):
+            raise ValueError(f"reply_topic {self.reply_topic!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
         self._waiting: dict[str, _Waiting] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()

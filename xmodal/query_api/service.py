@@ -16,6 +16,8 @@
   A request that does not parse is still answered when its raw JSON (or the Kafka key) says who
   asked: `reply_to` and `request_id` are read from it leniently. One whose `reply_to` is not a
   usable topic name cannot be answered: it is logged and counted (xmodal_search_unroutable_total).
+- A new group starts at the earliest offset, so requests sent while the first instance joins are
+  served; an old backlog costs little, since stale requests carry a passed `deadline_ms`.
 - Offsets are auto-committed: requests are served at most once as far as a client can tell. A
   crash loses the requests in flight (their clients time out and may retry); a request whose offset
   was not yet committed may be served again after a restart, and clients drop the duplicate reply.
