@@ -6,6 +6,7 @@ timeout on tansu); every test uses its own request ids, so tests cannot answer e
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator, Mapping, Sequence
@@ -30,15 +31,18 @@ from xmodal.streams.kafka import ensure_topics
 
 pytestmark = pytest.mark.broker
 
-SLOW_S = 2.0
+# A request with filter {"trap": "slow"} holds its worker until the test sets this (or 20 s pass).
+RELEASE_SLOW = threading.Event()
 
 
 class TrapIndex:
     """A real index with two traps for the tests: filter {"trap": "boom"} raises an unexpected
-    error (-> internal_error), {"trap": "slow"} takes SLOW_S seconds (-> must not block others)."""
+    error (-> internal_error), {"trap": "slow"} waits for RELEASE_SLOW (-> must not block others)."""
 
     def __init__(self, inner: VectorIndex) -> None:
         self._inner = inner
+        self.held = 0  # searches waiting in the slow trap now
+        self._lock = threading.Lock()
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)
@@ -56,7 +60,13 @@ class TrapIndex:
         if trap == "boom":
             raise RuntimeError("the trap index blew up")
         if trap == "slow":
-            time.sleep(SLOW_S)
+            with self._lock:
+                self.held += 1
+            try:
+                RELEASE_SLOW.wait(20)
+            finally:
+                with self._lock:
+                    self.held -= 1
             filter = None
         return self._inner.search(space, vector, k, modalities=modalities, filter=filter)
 
@@ -77,18 +87,21 @@ def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
 
 
 @pytest.fixture(scope="module")
-def service(
-    broker: str, settings: Settings, mini: MiniText, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[QueryService]:
+def trap(mini: MiniText, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrapIndex]:
     index = open_backend("edge", tmp_path_factory.mktemp("edge"))
     populate(index, mini)
-    searcher = Searcher({"mini": mini, "toy": ToySpace()}, TrapIndex(index), MediaLimits.from_settings(settings))
+    yield TrapIndex(index)
+    index.close()
+
+
+@pytest.fixture(scope="module")
+def service(broker: str, settings: Settings, mini: MiniText, trap: TrapIndex) -> Iterator[QueryService]:
+    searcher = Searcher({"mini": mini, "toy": ToySpace()}, trap, MediaLimits.from_settings(settings))
     searcher.start(load_encoders=False)
     svc = QueryService(settings, broker, searcher)
     svc.start()
     yield svc
     svc.stop()
-    index.close()
 
 
 @pytest.fixture(scope="module")
@@ -169,15 +182,32 @@ def test_image_query_through_the_service(client: SearchClient) -> None:
 
 
 def test_a_slow_request_does_not_block_fast_ones(client: SearchClient) -> None:
+    RELEASE_SLOW.clear()
     slow = client.search_async("a dog", spaces=["mini"], filter={"trap": "slow"})
-    time.sleep(0.2)  # let the slow one take its worker first
-    start = time.monotonic()
-    fast = [client.search_async("a dog", spaces=["mini"]) for _ in range(5)]
-    for f in fast:
-        assert f.result(10).ok
-    assert time.monotonic() - start < SLOW_S / 2
-    assert not slow.done()
-    assert slow.result(10).ok
+    try:
+        fast = [client.search_async("a dog", spaces=["mini"]) for _ in range(10)]
+        assert all(f.result(15).ok for f in fast)
+        assert not slow.done()  # still holding its worker while ten others were served
+    finally:
+        RELEASE_SLOW.set()
+    assert slow.result(15).ok
+
+
+def test_in_flight_requests_are_bounded_by_query_concurrency(
+    client: SearchClient, trap: TrapIndex, settings: Settings
+) -> None:
+    RELEASE_SLOW.clear()
+    try:
+        held = [client.search_async("a dog", spaces=["mini"], filter={"trap": "slow"}) for _ in range(7)]
+        deadline = time.monotonic() + 10
+        while trap.held < settings.query_concurrency:
+            assert time.monotonic() < deadline, f"only {trap.held} requests started"
+            time.sleep(0.02)
+        time.sleep(0.3)  # the other three wait for a slot, not in a worker
+        assert trap.held == settings.query_concurrency == 4
+    finally:
+        RELEASE_SLOW.set()
+    assert all(f.result(15).ok for f in held)
 
 
 def test_an_own_reply_topic_per_client(service: QueryService, broker: str, settings: Settings) -> None:
@@ -284,7 +314,7 @@ def test_search_timeout_when_no_service_runs(broker: str, tmp_path: Path) -> Non
         start = time.monotonic()
         with pytest.raises(SearchTimeout) as e:
             c.search("a dog", timeout=1.0)
-        assert 0.9 < time.monotonic() - start < 3
+        assert 0.9 < time.monotonic() - start < 5
         assert lonely.replies_topic in e.value.message and lonely.requests_topic in e.value.message
         future = c.search_async("a dog", timeout=0.5)
         with pytest.raises(SearchTimeout, match=r"search request [0-9a-f]{32} "):
