@@ -10,7 +10,6 @@ reply: `unknown_space` (SchemaError), `unsupported_modality` (EncodeError), the 
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from xmodal.encoders.base import Encoder, Modality, Vectors
+from xmodal.encoders.base import Encoder, Modality, SerializedEncoder, Vectors
 from xmodal.encoders.media import MediaLimits, load_media
 from xmodal.errors import EncodeError, SchemaError, XmodalError
 from xmodal.indexer.base import Hit, VectorIndex
@@ -42,17 +41,19 @@ class Searcher:
     """Answers SearchRequests against `index` with the encoders of `spaces` (name -> Encoder).
 
     Thread-safe: the query service calls `search` from several threads. Calls into one encoder
-    are serialised, because tokenizers and towers are not guaranteed to be reentrant and torch
-    already spreads one call over the cores; searches of the index run concurrently.
+    run one at a time (SerializedEncoder: tokenizers are not reentrant, and torch already spreads
+    one call over the cores); encoders that come serialised already, as `xmodal up` shares them
+    with the ingest agents, are used as they are. Searches of the index run concurrently.
     """
 
     def __init__(self, spaces: Mapping[str, Encoder], index: VectorIndex, limits: MediaLimits) -> None:
         if not spaces:
             raise ValueError("a Searcher needs at least one space")
-        self._spaces = dict(spaces)
+        self._spaces: dict[str, SerializedEncoder] = {
+            name: e if isinstance(e, SerializedEncoder) else SerializedEncoder(e) for name, e in spaces.items()
+        }
         self._index = index
         self._limits = limits
-        self._encode_locks = {name: threading.Lock() for name in self._spaces}
 
     @property
     def spaces(self) -> tuple[str, ...]:
@@ -122,13 +123,12 @@ class Searcher:
     def _encode(self, space: str, modality: Modality, content: Any) -> Vectors:
         encoder = self._spaces[space]
         try:
-            with self._encode_locks[space]:
-                if modality == "text":
-                    out = encoder.encode_texts([content])
-                elif modality == "image":
-                    out = encoder.encode_images([content])
-                else:
-                    out = encoder.encode_audio([content])
+            if modality == "text":
+                out = encoder.encode_texts([content])
+            elif modality == "image":
+                out = encoder.encode_images([content])
+            else:
+                out = encoder.encode_audio([content])
         except XmodalError:
             raise
         except Exception as e:  # a tower crash on this input: the caller's problem to see, not ours to hide
