@@ -112,19 +112,24 @@ class SearchRequest(_Message):
     deadline_ms: int | None = None  # ms since epoch; a request seen after it gets deadline_exceeded
 
 
-class SearchHit(_Message):
+class _Reply(BaseModel):
+    # Replies are read by clients: ignore fields a newer service adds, so old clients keep working.
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+
+class SearchHit(_Reply):
     id: str
     score: float
     modality: str
     metadata: Metadata = Field(default_factory=dict)
 
 
-class ErrorInfo(_Message):
+class ErrorInfo(_Reply):
     code: str
     message: str
 
 
-class SearchReply(_Message):
+class SearchReply(_Reply):
     request_id: str
     ok: bool
     took_ms: float = 0.0

@@ -39,9 +39,12 @@ def node(broker: str, make_settings: Any) -> Iterator[Node]:
         yield running
 
 
-def producer(broker: str) -> Producer:
-    # A plain client: no project code on the producer side, only the documented JSON.
-    return Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random", "linger.ms": 5})
+def producer(broker: str, compression: str = "none") -> Producer:
+    # A plain client: no project code on the producer side, only the documented JSON. Producers
+    # choose their own compression; the agent must read every codec.
+    return Producer(
+        {"bootstrap.servers": broker, "partitioner": "murmur2_random", "linger.ms": 5, "compression.type": compression}
+    )
 
 
 def text_event(item_id: str, text: str, **extra: Any) -> bytes:
@@ -52,7 +55,7 @@ def test_text_events_are_searchable_by_their_own_vector_and_deletes_remove_them(
     settings, index, mini = node.settings, node.index, node.spaces["mini"]
     assert index is not None
     texts = captions(300)
-    p = producer(broker)
+    p = producer(broker, "zstd")
     for i, text in enumerate(texts):
         p.produce(settings.media_topic, key=f"doc-{i}", value=text_event(f"doc-{i}", text, metadata={"n": i}))
     assert p.flush(30) == 0
@@ -120,7 +123,7 @@ def test_bad_events_go_to_the_dlq_with_reasons_while_good_ones_in_the_same_batch
             "invalid_base64",
         ),
     }
-    p = producer(broker)
+    p = producer(broker, "snappy")
     good = []
     for n, (key, (value, _)) in enumerate(bad.items()):
         p.produce(settings.media_topic, key=key, value=value, headers=[("trace", f"t{n}".encode())])

@@ -48,9 +48,16 @@ class Waveform:
 class Encoder(Protocol):
     """One space. `load()` is the start-up hook (weights are never loaded at import or in __init__)."""
 
-    name: str
-    dim: int
-    modalities: frozenset[Modality]
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def dim(self) -> int:
+        """Known before load() (from the model's config), so collections are checked at start-up."""
+        ...
+
+    @property
+    def modalities(self) -> frozenset[Modality]: ...
 
     def load(self) -> None: ...
 

@@ -76,7 +76,7 @@ def check_query(space: str, dim: int, vector: NDArray[np.float32]) -> list[float
 
 def check_k(k: int) -> int:
     if isinstance(k, bool) or not isinstance(k, int) or k < 1:
-        raise SchemaError(f"k must be a positive integer, got {k!r}", field="k")
+        raise SchemaError(f"k must be a positive integer, got {k!r}", code="k_out_of_range", field="k")
     return k
 
 
@@ -84,7 +84,7 @@ def check_modalities(modalities: Sequence[str] | None) -> list[str] | None:
     if modalities is None:
         return None
     if isinstance(modalities, str) or not all(isinstance(m, str) for m in modalities):
-        raise SchemaError(f"modalities must be a list of strings, got {modalities!r}", field="modalities")
+        raise SchemaError(f"modalities must be a list of strings, got {modalities!r}", code="invalid_modality", field="modalities")
     return list(modalities)
 
 
@@ -94,10 +94,11 @@ def metadata_conditions(filter: Mapping[str, Any] | None) -> list[tuple[str, Met
     for key, value in (filter or {}).items():
         if not isinstance(key, str) or not key or '"' in key:
             # Qdrant's JSON path has no escape for a double quote inside a quoted key.
-            raise SchemaError(f"filter key {key!r} is not usable: non-empty string without '\"'", field="filter")
+            raise SchemaError(f"filter key {key!r} is not usable: non-empty string without '\"'", code="invalid_filter", field="filter")
         if not isinstance(value, str | int) or (isinstance(value, int) and not -(2**63) <= value < 2**63):
             raise SchemaError(
                 f"filter value for {key!r} must be a string, a 64-bit integer or a boolean, got {value!r}",
+                code="invalid_filter",
                 field=f"filter.{key}",
             )
         conditions.append((f'metadata."{key}"', value))
