@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmodal.encoders.base import Modality, Vectors, Waveform
-from xmodal.encoders.clip import TorchRuntime, concat_rows, finish_vectors
+from xmodal.encoders._torch import TorchRuntime, concat_rows, finish_vectors
 from xmodal.errors import EncodeError, ModelLoadError
 
 if TYPE_CHECKING:
