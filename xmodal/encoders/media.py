@@ -408,8 +408,10 @@ def _decode_mono(data: bytes, info: Any, limits: MediaLimits) -> np.ndarray:
 
 
 def _sf_reason(e: sf.SoundFileError) -> str:
-    # libsndfile's text after "Error opening <_io.BytesIO ...>: " is the useful part.
-    return str(e).rsplit(": ", 1)[-1]
+    # libsndfile's text after "Error opening <_io.BytesIO ...>: " is the useful part, except its
+    # "File does not exist" for in-memory data it could not parse, which would mislead a producer.
+    reason = str(e).rsplit(": ", 1)[-1]
+    return "unparseable stream" if reason.startswith("File does not exist") else reason
 
 
 def _check_stream(rate: int, channels: int) -> None:

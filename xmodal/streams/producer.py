@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import orjson
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from xmodal.config import Settings
 from xmodal.errors import XmodalError
@@ -103,6 +103,26 @@ def events_from_paths(
                 )
 
 
+def _produce_one(
+    producer: Producer, topic: str, key: str, value: bytes, delivered: Callable[..., None], report: DeliveryReport
+) -> bool:
+    """Queue one event; False (and a reason in the report) when Kafka can never take it."""
+    while True:
+        try:
+            producer.produce(topic, key=key.encode(), value=value, on_delivery=delivered)
+            return True
+        except BufferError:  # local queue full: let deliveries drain, then retry
+            producer.poll(0.5)
+        except KafkaException as e:
+            if e.args[0].code() != KafkaError.MSG_SIZE_TOO_LARGE:
+                raise
+            report.rejected.append(
+                f"{key}: the event is {len(value)} bytes, over the Kafka message size limit "
+                "(message.max.bytes, 1 MB by default): publish large media as a file:// or http(s):// uri"
+            )
+            return False
+
+
 def produce_events(
     settings: Settings,
     bootstrap: str,
@@ -121,14 +141,9 @@ def produce_events(
             report.rejected.append(f"delivery failed: {err.str()}")
 
     for key, value in events:
-        while True:
-            try:
-                producer.produce(settings.media_topic, key=key.encode(), value=value, on_delivery=delivered)
-                break
-            except BufferError:  # local queue full: let deliveries drain, then retry
-                producer.poll(0.5)
-        report.sent += 1
-        on_sent()
+        if _produce_one(producer, settings.media_topic, key, value, delivered, report):
+            report.sent += 1
+            on_sent()
         producer.poll(0)
     remaining = producer.flush(60)
     if remaining:
