@@ -26,8 +26,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
-err = Console(stderr=True)
+out = Console(soft_wrap=True)  # messages keep their lines whole (paths, ids), whatever the width
+err = Console(stderr=True, soft_wrap=True)
 
 DataDir = Annotated[Path | None, typer.Option(envvar="XMODAL_DATA_DIR", help="Embedded index, logs, broker address.")]
 Spaces = Annotated[str | None, typer.Option(envvar="XMODAL_SPACES", help="Comma-separated spaces, e.g. mini or clip,clap.")]
@@ -231,8 +231,10 @@ def search(
         sys.stdout.write("\n")
         return
     table = Table(title=f"{len(hits)} results", title_justify="left")
-    for column, justify in (("rank", "right"), ("score", "right"), ("modality", "left"), ("id", "left"), ("metadata", "left")):
+    for column, justify in (("rank", "right"), ("score", "right"), ("modality", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    table.add_column("id", overflow="fold")  # ids are what a user acts on: wrap, never elide
+    table.add_column("metadata", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         meta = orjson.dumps(hit.metadata).decode() if hit.metadata else ""
         table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.id, meta)

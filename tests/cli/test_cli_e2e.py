@@ -93,7 +93,7 @@ def test_up_ingest_search_and_stop_keeps_the_index(
     assert search("drizzle on metal", "-k", "1")[0]["id"] == f"{docs.as_posix()}/rain.txt"
     assert [h["id"] for h in search("money", "--filter", "team=finance")] == ["memo"]
 
-    table = run(["search", "a crimson disc", "-k", "2"], shell_env, tmp_path)
+    table = run(["search", "a crimson disc", "-k", "2"], {**shell_env, "COLUMNS": "250"}, tmp_path)
     assert table.returncode == 0 and "circle.txt" in table.stdout and "rank" in table.stdout
 
     bad = run(["search", "x", "-k", "0"], shell_env, tmp_path)
