@@ -17,6 +17,7 @@ import base64
 import html
 import shutil
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,7 +163,9 @@ def run_demo(
     demo_dir = settings.data_dir / "demo"
     if demo_dir.exists():
         shutil.rmtree(demo_dir)
-    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "topic_prefix": "xmodal-demo"})
+    # Own topics per run: a broker shared with other runs (or with `xmodal up`) never mixes them in.
+    prefix = f"{settings.topic_prefix}-demo-{uuid.uuid4().hex[:8]}"
+    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "topic_prefix": prefix})
     say = progress or (lambda _what, _n: None)
 
     held_img, seen_img = heldout_gallery("image", images)
