@@ -1,0 +1,780 @@
+"""The synthetic "shapes and sounds" corpus that the `mini` space's image and audio towers learn from.
+
+Everything here is deterministic: item `i` of split `s` with seed `k` is drawn from its own random
+stream `(modality, s, k, i)`, so it does not depend on how many items were asked for.
+
+Images (64x64 RGB, antialiased by drawing a 4x mask and downsampling): one to three copies of a
+shape (circle, square, triangle, star, cross, ring, diamond, heart) in a colour (red, orange,
+yellow, green, blue, purple, pink, brown), small/medium/large, at random non-overlapping positions,
+on a white, black or gray background.
+
+Sounds (1-2 s, 16 kHz mono): one to three notes of a tone (sine, triangle, square, sawtooth, bell)
+in a register (very low ... very high, octaves around 110-1760 Hz) that is steady, rising or
+falling, or one to three bursts of white, pink or brown noise; quiet or loud.
+
+Held-out split: some (shape, colour) and (timbre, pitch) pairs never appear in `train` or `seen`.
+Each shape is held out with two colours and each colour with two shapes (a cyclic Latin design),
+likewise each timbre with two pitches and each pitch with two timbres, so no single attribute
+identifies a held-out item. `heldout_gallery()` mixes held-out items with as many seen-combination
+items, which is the gallery evaluation uses.
+
+Captions come in many wordings (synonyms, word orders, frames, optional attributes). Every caption
+is produced with the `Constraint` it states (the attribute values it allows), which is what training
+uses to know which items in a batch a caption is true of.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image, ImageDraw
+
+from xmodal.encoders.base import Waveform
+
+__all__ = [
+    "AUDIO_ATTRIBUTES",
+    "BACKGROUNDS",
+    "COLOURS",
+    "COUNTS",
+    "IMAGE_ATTRIBUTES",
+    "IMAGE_SIZE",
+    "LOUDNESS",
+    "NOISES",
+    "PITCHES",
+    "CONTOURS",
+    "SAMPLE_RATE",
+    "SHAPES",
+    "SIZES",
+    "SOURCES",
+    "SPLITS",
+    "TIMBRES",
+    "Caption",
+    "Constraint",
+    "Item",
+    "Split",
+    "caption_variants",
+    "describe",
+    "heldout_gallery",
+    "heldout_pairs",
+    "image_items",
+    "image_png",
+    "render_image",
+    "render_sound",
+    "sample_attributes",
+    "sound_items",
+    "waveform_wav",
+]
+
+Split = Literal["train", "seen", "heldout"]
+SPLITS: tuple[Split, ...] = ("train", "seen", "heldout")
+_SPLIT_CODE = {"train": 0, "seen": 1, "heldout": 2}
+_MODALITY_CODE = {"image": 11, "audio": 12}
+
+IMAGE_SIZE = 64
+SAMPLE_RATE = 16_000
+
+# --- attribute vocabularies ---------------------------------------------------------------------
+
+SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "heart")
+COLOURS = ("red", "orange", "yellow", "green", "blue", "purple", "pink", "brown")
+SIZES = ("small", "medium", "large")
+COUNTS = (1, 2, 3)
+BACKGROUNDS = ("white", "black", "gray")
+
+TIMBRES = ("sine", "triangle", "square", "sawtooth", "bell")
+NOISES = ("white noise", "pink noise", "brown noise")
+SOURCES = TIMBRES + NOISES
+PITCHES = ("very low", "low", "medium", "high", "very high")
+CONTOURS = ("steady", "rising", "falling")
+REPETITIONS = (1, 2, 3)
+LOUDNESS = ("quiet", "loud")
+
+# The attributes a caption can talk about, in a fixed order; `None` is "does not apply" (a noise
+# has no pitch or contour).
+IMAGE_ATTRIBUTES: dict[str, tuple[Any, ...]] = {
+    "shape": SHAPES,
+    "colour": COLOURS,
+    "size": SIZES,
+    "count": COUNTS,
+    "background": BACKGROUNDS,
+}
+AUDIO_ATTRIBUTES: dict[str, tuple[Any, ...]] = {
+    "source": SOURCES,
+    "pitch": (*PITCHES, None),
+    "contour": (*CONTOURS, None),
+    "repetitions": REPETITIONS,
+    "loudness": LOUDNESS,
+}
+ATTRIBUTES = {"image": IMAGE_ATTRIBUTES, "audio": AUDIO_ATTRIBUTES}
+
+# Colours as boxes in HSV (hue in degrees, saturation, value): wide enough to cover both the
+# generator's jitter and plain "web" colours such as (255, 0, 0) or (128, 0, 128).
+_COLOUR_HSV: dict[str, tuple[tuple[float, float], tuple[float, float], tuple[float, float]]] = {
+    "red": ((-10, 8), (0.75, 1.0), (0.70, 1.0)),
+    "orange": ((22, 40), (0.85, 1.0), (0.85, 1.0)),
+    "yellow": ((50, 62), (0.75, 1.0), (0.85, 1.0)),
+    "green": ((95, 150), (0.6, 1.0), (0.45, 0.9)),
+    "blue": ((205, 245), (0.7, 1.0), (0.6, 1.0)),
+    "purple": ((270, 300), (0.55, 1.0), (0.45, 0.85)),
+    "pink": ((320, 352), (0.25, 0.6), (0.9, 1.0)),
+    "brown": ((18, 32), (0.6, 0.9), (0.3, 0.55)),
+}
+_BACKGROUND_SV: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
+    "white": ((0.0, 0.05), (0.9, 1.0)),
+    "black": ((0.0, 0.1), (0.0, 0.12)),
+    "gray": ((0.0, 0.05), (0.42, 0.6)),
+}
+# half-extent of one shape in pixels at 64x64, per size and per count (three large shapes do not fit)
+_RADIUS = {"small": (5.0, 7.0), "medium": (9.0, 12.0), "large": (15.0, 19.0)}
+_LARGE_RADIUS_PAIR = (14.0, 15.5)
+
+# Registers: octaves around A2..A6; the register of a glide is its geometric centre.
+_PITCH_HZ = {"very low": 110.0, "low": 220.0, "medium": 440.0, "high": 880.0, "very high": 1760.0}
+_PEAK = {"quiet": (0.03, 0.08), "loud": (0.45, 0.9)}
+
+
+# --- the held-out design ------------------------------------------------------------------------
+
+
+def _latin_pairs(rows: Sequence[str], cols: Sequence[str], offsets: Sequence[int]) -> frozenset[tuple[str, str]]:
+    """Pairs (rows[i], cols[perm[(i + o) % n]]) for each offset o: every row and every column held out len(offsets) times."""
+    n = len(rows)
+    assert len(cols) == n
+    perm = np.random.default_rng(20240517).permutation(n)  # fixed: the split is part of the corpus, not of a seed
+    return frozenset((rows[i], cols[int(perm[(i + o) % n])]) for i in range(n) for o in offsets)
+
+
+_HELDOUT = {
+    "image": _latin_pairs(SHAPES, COLOURS, (0, 3)),  # 16 of 64 (shape, colour) pairs
+    "audio": _latin_pairs(TIMBRES, PITCHES, (0, 2)),  # 10 of 25 (timbre, pitch) pairs
+}
+
+
+def heldout_pairs(modality: Literal["image", "audio"]) -> frozenset[tuple[str, str]]:
+    """The held-out combinations: (shape, colour) for images, (timbre, pitch) for sounds."""
+    return _HELDOUT[modality]
+
+
+def _pair_of(modality: str, attributes: Mapping[str, Any]) -> tuple[str, str] | None:
+    if modality == "image":
+        return (attributes["shape"], attributes["colour"])
+    if attributes["source"] in TIMBRES:
+        return (attributes["source"], attributes["pitch"])
+    return None
+
+
+# --- items --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Item:
+    """One corpus item. `media` is a PIL RGB image or a Waveform; `caption` states every attribute."""
+
+    id: str
+    modality: Literal["image", "audio"]
+    media: Any
+    caption: str
+    attributes: dict[str, Any] = field(hash=False)
+
+
+def _rng(modality: str, split: Split, seed: int, index: int) -> np.random.Generator:
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    return np.random.default_rng((_MODALITY_CODE[modality], _SPLIT_CODE[split], seed, index))
+
+
+def sample_attributes(modality: Literal["image", "audio"], split: Split, rng: np.random.Generator) -> dict[str, Any]:
+    """Draw the describable attributes of one item of `split` (held-out pairs only in `heldout`)."""
+    held = _HELDOUT[modality]
+    if modality == "image":
+        allowed = sorted(held) if split == "heldout" else sorted(set(_all_pairs("image")) - held)
+        shape, colour = allowed[rng.integers(len(allowed))]
+        count = int(rng.choice(COUNTS))
+        sizes = SIZES[:2] if count == 3 else SIZES
+        return {
+            "shape": shape,
+            "colour": colour,
+            "size": str(rng.choice(sizes)),
+            "count": count,
+            "background": str(rng.choice(BACKGROUNDS)),
+        }
+    is_noise = split != "heldout" and rng.random() < 0.2
+    if is_noise:
+        source, pitch, contour = str(rng.choice(NOISES)), None, None
+    else:
+        allowed = sorted(held) if split == "heldout" else sorted(set(_all_pairs("audio")) - held)
+        source, pitch = allowed[rng.integers(len(allowed))]
+        contour = str(rng.choice(CONTOURS))
+    return {
+        "source": source,
+        "pitch": pitch,
+        "contour": contour,
+        "repetitions": int(rng.choice(REPETITIONS)),
+        "loudness": str(rng.choice(LOUDNESS)),
+    }
+
+
+def _all_pairs(modality: str) -> list[tuple[str, str]]:
+    rows, cols = (SHAPES, COLOURS) if modality == "image" else (TIMBRES, PITCHES)
+    return [(r, c) for r in rows for c in cols]
+
+
+def _items(modality: Literal["image", "audio"], n: int, split: Split, seed: int, start: int) -> Iterator[Item]:
+    for index in range(start, start + n):
+        rng = _rng(modality, split, seed, index)
+        attributes = sample_attributes(modality, split, rng)
+        render_rng = np.random.default_rng(rng.integers(2**63))
+        caption_rng = np.random.default_rng(rng.integers(2**63))
+        media = render_image(attributes, render_rng) if modality == "image" else render_sound(attributes, render_rng)
+        yield Item(
+            id=f"{modality}/{split}/{seed}/{index}",
+            modality=modality,
+            media=media,
+            caption=describe(modality, attributes, caption_rng).text,
+            attributes=attributes,
+        )
+
+
+def image_items(n: int, split: Split = "train", seed: int = 0, start: int = 0) -> list[Item]:
+    """Items `start .. start+n-1` of the image corpus: (id, PIL RGB 64x64 image, full caption, attributes)."""
+    return list(_items("image", n, split, seed, start))
+
+
+def sound_items(n: int, split: Split = "train", seed: int = 0, start: int = 0) -> list[Item]:
+    """Items of the sound corpus: (id, Waveform 16 kHz 1-2 s, full caption, attributes)."""
+    return list(_items("audio", n, split, seed, start))
+
+
+def heldout_gallery(modality: Literal["image", "audio"], n: int, seed: int = 0) -> tuple[list[Item], list[Item]]:
+    """`n` held-out-combination items and `n` seen-combination items (fresh draws, not training items).
+
+    Evaluation queries with the held-out items' captions against both lists together, so that a
+    tower that only knows one attribute (the colour, the pitch) cannot pick the held-out item.
+    """
+    make = image_items if modality == "image" else sound_items
+    return make(n, "heldout", seed), make(n, "seen", seed)
+
+
+# --- images -------------------------------------------------------------------------------------
+
+_SUPERSAMPLE = 4
+
+
+def _hsv_to_rgb(h: float, s: float, v: float) -> tuple[int, int, int]:
+    h = (h % 360.0) / 60.0
+    i = int(h) % 6
+    f = h - int(h)
+    p, q, t = v * (1 - s), v * (1 - s * f), v * (1 - s * (1 - f))
+    r, g, b = [(v, t, p), (q, v, p), (p, v, t), (p, q, v), (t, p, v), (v, p, q)][i]
+    return (round(r * 255), round(g * 255), round(b * 255))
+
+
+def _colour_rgb(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    (h0, h1), (s0, s1), (v0, v1) = _COLOUR_HSV[name]
+    return _hsv_to_rgb(rng.uniform(h0, h1), rng.uniform(s0, s1), rng.uniform(v0, v1))
+
+
+def _background_rgb(name: str, rng: np.random.Generator) -> tuple[int, int, int]:
+    (s0, s1), (v0, v1) = _BACKGROUND_SV[name]
+    return _hsv_to_rgb(rng.uniform(0, 360), rng.uniform(s0, s1), rng.uniform(v0, v1))
+
+
+def _rotate(points: list[tuple[float, float]], angle: float) -> list[tuple[float, float]]:
+    c, s = math.cos(angle), math.sin(angle)
+    return [(x * c - y * s, x * s + y * c) for x, y in points]
+
+
+def _polygon(kind: str, r: float, angle: float) -> list[tuple[float, float]]:
+    if kind == "square":
+        h = 0.85 * r
+        pts = [(-h, -h), (h, -h), (h, h), (-h, h)]
+    elif kind == "triangle":
+        R = 1.1 * r
+        pts = [(R * math.sin(a), -R * math.cos(a)) for a in (0.0, 2 * math.pi / 3, 4 * math.pi / 3)]
+        pts = [(x, y + 0.2 * r) for x, y in pts]  # centre the bounding box
+    elif kind == "star":
+        R, inner = 1.1 * r, 0.45 * 1.1 * r
+        pts = []
+        for k in range(10):
+            rad = R if k % 2 == 0 else inner
+            a = k * math.pi / 5
+            pts.append((rad * math.sin(a), -rad * math.cos(a) + 0.1 * r))
+    elif kind == "diamond":
+        pts = [(0.0, -r), (0.62 * r, 0.0), (0.0, r), (-0.62 * r, 0.0)]
+    elif kind == "cross":
+        a, t = r, 0.34 * r
+        pts = [(-t, -a), (t, -a), (t, -t), (a, -t), (a, t), (t, t), (t, a), (-t, a), (-t, t), (-a, t), (-a, -t), (-t, -t)]
+    else:
+        raise ValueError(kind)
+    return _rotate(pts, angle)
+
+
+def _draw_shape(draw: ImageDraw.ImageDraw, kind: str, cx: float, cy: float, r: float, angle: float) -> None:
+    k = _SUPERSAMPLE
+
+    def box(x: float, y: float, rad: float) -> tuple[float, float, float, float]:
+        return ((x - rad) * k, (y - rad) * k, (x + rad) * k, (y + rad) * k)
+
+    if kind == "circle":
+        draw.ellipse(box(cx, cy, r), fill=255)
+    elif kind == "ring":
+        draw.ellipse(box(cx, cy, r), fill=255)
+        draw.ellipse(box(cx, cy, 0.55 * r), fill=0)
+    elif kind == "heart":
+        lobe = 0.52 * r
+        draw.ellipse(box(cx - 0.48 * r, cy - 0.3 * r, lobe), fill=255)
+        draw.ellipse(box(cx + 0.48 * r, cy - 0.3 * r, lobe), fill=255)
+        tri = [(-0.97 * r, -0.15 * r), (0.97 * r, -0.15 * r), (0.0, 0.95 * r)]
+        draw.polygon([((cx + x) * k, (cy + y) * k) for x, y in _rotate(tri, angle)], fill=255)
+    else:
+        draw.polygon([((cx + x) * k, (cy + y) * k) for x, y in _polygon(kind, r, angle)], fill=255)
+
+
+def _place(radii: Sequence[float], rng: np.random.Generator) -> list[tuple[float, float]]:
+    """Centres for shapes of these radii inside the canvas, not touching each other."""
+    for _ in range(200):
+        centres: list[tuple[float, float]] = []
+        for r in radii:
+            lo, hi = r + 1.0, IMAGE_SIZE - r - 1.0
+            for _ in range(50):
+                c = (rng.uniform(lo, hi), rng.uniform(lo, hi))
+                if all(math.dist(c, d) >= r + s + 3.0 for d, s in zip(centres, radii, strict=False)):
+                    centres.append(c)
+                    break
+            else:
+                break
+        if len(centres) == len(radii):
+            return centres
+    # the radii are chosen so this is never reached; a deterministic fallback keeps it total
+    step = IMAGE_SIZE / (len(radii) + 1)
+    return [(step * (i + 1), IMAGE_SIZE / 2) for i in range(len(radii))]
+
+
+def render_image(attributes: Mapping[str, Any], rng: np.random.Generator) -> Image.Image:
+    """Draw the image of these attributes (64x64 RGB, antialiased)."""
+    count, size, shape = attributes["count"], attributes["size"], attributes["shape"]
+    lo, hi = _LARGE_RADIUS_PAIR if (size == "large" and count > 1) else _RADIUS[size]
+    base = rng.uniform(lo, hi)
+    radii = [float(np.clip(base * rng.uniform(0.93, 1.07), lo, hi)) for _ in range(count)]
+    centres = _place(radii, rng)
+    big = IMAGE_SIZE * _SUPERSAMPLE
+    mask = Image.new("L", (big, big), 0)
+    draw = ImageDraw.Draw(mask)
+    max_angle = {"circle": 0.0, "ring": 0.0, "square": 0.17, "diamond": 0.12, "cross": 0.17}.get(shape, 0.25)
+    for (cx, cy), r in zip(centres, radii, strict=True):
+        _draw_shape(draw, shape, cx, cy, r, rng.uniform(-max_angle, max_angle))
+    alpha = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255
+    fg = np.array(_colour_rgb(attributes["colour"], rng), dtype=np.float32)
+    bg = np.array(_background_rgb(attributes["background"], rng), dtype=np.float32)
+    pixels = bg * (1 - alpha) + fg * alpha
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+# --- sounds -------------------------------------------------------------------------------------
+
+
+def _harmonics(timbre: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+    """(frequency ratios, amplitudes) of a timbre; band-limited at synthesis time."""
+    k = np.arange(1, 40, dtype=np.float64)
+    if timbre == "sine":
+        return np.array([1.0]), np.array([1.0])
+    if timbre == "square":
+        odd = k[k % 2 == 1]
+        return odd, 1.0 / odd
+    if timbre == "sawtooth":
+        return k, 1.0 / k
+    if timbre == "triangle":
+        odd = k[k % 2 == 1]
+        return odd, ((-1.0) ** ((odd - 1) / 2)) / odd**2
+    if timbre == "bell":
+        return np.array([1.0, 2.0, 2.76, 4.07, 5.40]), np.array([1.0, 0.6, 0.5, 0.3, 0.25])
+    raise ValueError(timbre)
+
+
+def _note(timbre: str, f_centre: float, contour: str, length: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    t = np.arange(length) / SAMPLE_RATE
+    frac = t / max(t[-1], 1e-9)
+    glide = rng.uniform(1.6, 2.6)
+    if contour == "rising":
+        freq = f_centre * glide ** (frac - 0.5)
+    elif contour == "falling":
+        freq = f_centre * glide ** (0.5 - frac)
+    else:
+        freq = np.full(length, f_centre)
+    phase = 2 * np.pi * np.cumsum(freq) / SAMPLE_RATE + rng.uniform(0, 2 * np.pi)
+    ratios, amps = _harmonics(timbre)
+    out = np.zeros(length)
+    nyquist = SAMPLE_RATE / 2 * 0.95
+    for i, (ratio, amp) in enumerate(zip(ratios, amps, strict=True)):
+        partial = amp * np.sin(ratio * phase)
+        partial[ratio * freq >= nyquist] = 0.0
+        if timbre == "bell":  # higher partials die away faster
+            partial *= np.exp(-t * (3.0 + 2.5 * i) / max(t[-1], 0.05))
+        out += partial
+    return out
+
+
+def _noise(colour: str, length: int, rng: np.random.Generator) -> NDArray[np.float64]:
+    white = rng.standard_normal(length)
+    if colour == "white noise":
+        return white
+    alpha = 1.0 if colour == "pink noise" else 2.0
+    spectrum = np.fft.rfft(white)
+    f = np.fft.rfftfreq(length, 1 / SAMPLE_RATE)
+    spectrum *= 1.0 / np.maximum(f, 20.0) ** (alpha / 2)
+    return np.fft.irfft(spectrum, n=length)
+
+
+def _envelope(length: int, bell: bool, rng: np.random.Generator) -> NDArray[np.float64]:
+    env = np.ones(length)
+    attack = max(1, int((0.002 if bell else rng.uniform(0.005, 0.015)) * SAMPLE_RATE))
+    release = max(1, int(rng.uniform(0.02, 0.04) * SAMPLE_RATE))
+    attack, release = min(attack, length // 2), min(release, length // 2)
+    env[:attack] = np.linspace(0, 1, attack)
+    env[length - release :] *= np.linspace(1, 0, release)
+    return env
+
+
+def render_sound(attributes: Mapping[str, Any], rng: np.random.Generator) -> Waveform:
+    """Synthesise the sound of these attributes: 1-2 s of 16 kHz mono float32."""
+    total = int(rng.uniform(1.0, 2.0) * SAMPLE_RATE)
+    reps = attributes["repetitions"]
+    if reps == 1:
+        note_s = rng.uniform(0.35, min(1.2, total / SAMPLE_RATE - 0.2))
+        gap_s = 0.0
+    else:
+        note_s = rng.uniform(0.12, 0.3)
+        gap_s = rng.uniform(0.08, 0.2)
+        fit = (total / SAMPLE_RATE - 0.1) / (reps * note_s + (reps - 1) * gap_s)
+        if fit < 1:
+            note_s, gap_s = note_s * fit, gap_s * fit
+    note, gap = int(note_s * SAMPLE_RATE), int(gap_s * SAMPLE_RATE)
+    used = reps * note + (reps - 1) * gap
+    start = int(rng.integers(0, max(1, total - used)))
+    source = attributes["source"]
+    peak = rng.uniform(*_PEAK[attributes["loudness"]])
+    f_centre = _PITCH_HZ[attributes["pitch"]] * 2 ** (rng.uniform(-2, 2) / 12) if source in TIMBRES else 0.0
+    out = np.zeros(total)
+    for k in range(reps):
+        if source in TIMBRES:
+            sig = _note(source, f_centre, attributes["contour"], note, rng)
+        else:
+            sig = _noise(source, note, rng)
+        sig = sig * _envelope(note, source == "bell", rng)
+        sig /= max(np.abs(sig).max(), 1e-9)
+        at = start + k * (note + gap)
+        out[at : at + note] += sig * peak
+    floor = rng.uniform(0.0, 0.002)
+    if floor > 0:
+        out += floor * rng.standard_normal(total)
+    return Waveform(np.clip(out, -1, 1).astype(np.float32), SAMPLE_RATE)
+
+
+# --- captions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Constraint:
+    """What a caption states: attribute -> the values it allows (an attribute not named: any)."""
+
+    allowed: Mapping[str, frozenset[Any]]
+
+    def matches(self, attributes: Mapping[str, Any]) -> bool:
+        return all(attributes.get(name) in values for name, values in self.allowed.items())
+
+
+@dataclass(frozen=True)
+class Caption:
+    text: str
+    constraint: Constraint
+
+
+_SHAPE_WORDS = {
+    "circle": [("circle", "circles"), ("disc", "discs"), ("dot", "dots"), ("round shape", "round shapes")],
+    "square": [("square", "squares"), ("box", "boxes"), ("block", "blocks")],
+    "triangle": [("triangle", "triangles"), ("three-sided shape", "three-sided shapes")],
+    "star": [("star", "stars"), ("five-pointed star", "five-pointed stars")],
+    "cross": [("cross", "crosses"), ("plus sign", "plus signs"), ("plus", "pluses")],
+    "ring": [("ring", "rings"), ("hoop", "hoops"), ("donut", "donuts"), ("hollow circle", "hollow circles")],
+    "diamond": [("diamond", "diamonds"), ("rhombus", "rhombuses"), ("lozenge", "lozenges")],
+    "heart": [("heart", "hearts"), ("heart shape", "heart shapes"), ("love heart", "love hearts")],
+}
+_COLOUR_WORDS = {
+    "red": ["red", "crimson", "scarlet"],
+    "orange": ["orange", "tangerine", "amber"],
+    "yellow": ["yellow", "lemon-yellow", "golden"],
+    "green": ["green", "emerald", "grass-green"],
+    "blue": ["blue", "azure", "navy"],
+    "purple": ["purple", "violet", "lilac"],
+    "pink": ["pink", "rosy", "light pink"],
+    "brown": ["brown", "chocolate", "tan"],
+}
+_SIZE_WORDS = {
+    "small": ["small", "little", "tiny"],
+    "medium": ["medium", "medium-sized", "mid-sized"],
+    "large": ["large", "big", "huge"],
+}
+_BACKGROUND_WORDS = {
+    "white": ["white", "light", "pale"],
+    "black": ["black", "dark", "pitch-black"],
+    "gray": ["gray", "grey", "silver-gray"],
+}
+_GENERIC_SHAPE = [("shape", "shapes"), ("object", "objects"), ("thing", "things")]
+_NUMBER_WORDS = {1: ["a", "one", "a single", "1"], 2: ["two", "2", "a pair of"], 3: ["three", "3", "a trio of"]}
+_SEVERAL = ["some", "several", "multiple"]
+
+
+def _a_an(text: str) -> str:
+    text = re.sub(r"\ba ([aeiou])", r"an \1", text)
+    text = re.sub(r"\bA ([aeiou])", r"An \1", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def _pick(rng: np.random.Generator, options: Sequence[Any]) -> Any:
+    return options[int(rng.integers(len(options)))]
+
+
+def _image_caption(attrs: Mapping[str, Any], rng: np.random.Generator, mention: set[str]) -> Caption:
+    allowed: dict[str, frozenset[Any]] = {}
+    count = attrs["count"]
+    plural = count > 1
+    if "count" in mention:
+        number = _pick(rng, _NUMBER_WORDS[count])
+        allowed["count"] = frozenset({count})
+    elif plural:
+        number = _pick(rng, _SEVERAL) if rng.random() < 0.6 else ""
+        allowed["count"] = frozenset({2, 3})
+    else:
+        number = "a"
+        allowed["count"] = frozenset({1})
+    if "shape" in mention:
+        noun = _pick(rng, _SHAPE_WORDS[attrs["shape"]])[plural]
+        allowed["shape"] = frozenset({attrs["shape"]})
+    else:
+        noun = _pick(rng, _GENERIC_SHAPE)[plural]
+    colour = size = bg = ""
+    if "colour" in mention:
+        colour = _pick(rng, _COLOUR_WORDS[attrs["colour"]])
+        allowed["colour"] = frozenset({attrs["colour"]})
+    if "size" in mention:
+        size = _pick(rng, _SIZE_WORDS[attrs["size"]])
+        allowed["size"] = frozenset({attrs["size"]})
+    if "background" in mention:
+        bg = _pick(rng, _BACKGROUND_WORDS[attrs["background"]])
+        allowed["background"] = frozenset({attrs["background"]})
+
+    adjectives = [w for w in (size, colour) if w]
+    if len(adjectives) == 2 and rng.random() < 0.25:
+        adjectives.reverse()
+    np_ = f"{number} {' '.join(adjectives)} {noun}"
+    bg_phrase = ""
+    if bg:
+        bg_phrase = _pick(
+            rng,
+            [f"on a {bg} background", f"on {bg}", f"against a {bg} backdrop", f"over a {bg} background"],
+        )
+    style = rng.integers(9)
+    if style == 0 and (colour or size):
+        # "one disc, crimson and little"
+        props = " and ".join(w for w in (colour, size) if w) if rng.random() < 0.5 else ", ".join(w for w in (size, colour) if w)
+        text = f"{number} {noun}, {props} {bg_phrase}"
+    elif style == 1 and colour:
+        text = f"{number} {size} {noun} in {colour} {bg_phrase}"
+    elif style == 2 and colour:
+        text = f"{number} {size} {noun} coloured {colour} {bg_phrase}"
+    elif style == 3:
+        frame = _pick(rng, ["a picture of", "an image of", "a drawing of", "a photo showing", "an illustration of"])
+        text = f"{frame} {np_} {bg_phrase}"
+    elif style == 4:
+        verb = "are" if plural else "is"
+        text = f"there {verb} {np_} {bg_phrase}"
+    elif style == 5 and bg:
+        text = f"{_pick(rng, ['a', 'the'])} {bg} background with {np_}"
+    elif style == 6 and bg:
+        text = f"{np_}, {bg} background"
+    elif style == 7:
+        text = f"{np_} {bg_phrase}".strip()
+        text = text[0].upper() + text[1:]
+    else:
+        text = f"{np_} {bg_phrase}"
+    return Caption(_a_an(text), Constraint(allowed))
+
+
+_TIMBRE_ADJ = {
+    "sine": ["pure", "smooth", "sine-wave", "clean"],
+    "triangle": ["mellow", "flute-like", "triangle-wave"],
+    "square": ["hollow", "square-wave", "reedy"],
+    "sawtooth": ["buzzy", "harsh", "sawtooth", "brassy"],
+    "bell": ["bell-like", "ringing", "chiming"],
+}
+_TIMBRE_NOUNS = {
+    "sine": [("sine wave", "sine waves"), ("pure tone", "pure tones"), ("whistle", "whistles")],
+    "triangle": [("triangle wave", "triangle waves"), ("flute note", "flute notes")],
+    "square": [("square wave", "square waves"), ("square-wave beep", "square-wave beeps")],
+    "sawtooth": [("sawtooth wave", "sawtooth waves"), ("buzz", "buzzes")],
+    "bell": [("bell", "bells"), ("chime", "chimes"), ("ding", "dings")],
+}
+_TONE_NOUNS = [("beep", "beeps"), ("tone", "tones"), ("note", "notes"), ("sound", "sounds")]
+_PITCH_WORDS = {
+    "very low": ["very low", "very low-pitched", "very deep"],
+    "low": ["low", "low-pitched", "deep"],
+    "medium": ["medium-pitched", "mid-range", "middle-pitched"],
+    "high": ["high", "high-pitched", "sharp"],
+    "very high": ["very high", "very high-pitched", "shrill"],
+}
+_CONTOUR_ADJ = {
+    "steady": ["steady", "flat", "constant"],
+    "rising": ["rising", "ascending", "upward"],
+    "falling": ["falling", "descending", "downward"],
+}
+_CONTOUR_CLAUSE = {
+    "steady": ["that stays at one pitch", "holding a steady pitch", "at a constant pitch"],
+    "rising": ["that rises", "sweeping up", "going up in pitch", "gliding upward"],
+    "falling": ["that falls", "sweeping down", "going down in pitch", "gliding downward"],
+}
+_NOISE_NOUNS = {
+    "white noise": [("white noise", "bursts of white noise"), ("hiss", "hisses"), ("burst of static", "bursts of static")],
+    "pink noise": [("pink noise", "bursts of pink noise"), ("rushing noise", "bursts of rushing noise")],
+    "brown noise": [("brown noise", "bursts of brown noise"), ("rumble", "rumbles"), ("rumbling noise", "bursts of rumbling noise")],
+}
+_LOUD_WORDS = {"quiet": ["quiet", "faint", "soft"], "loud": ["loud", "strong", "powerful"]}
+_TIMES = {1: ["once"], 2: ["twice", "two times"], 3: ["three times", "3 times"]}
+
+
+def _sound_caption(attrs: Mapping[str, Any], rng: np.random.Generator, mention: set[str]) -> Caption:
+    allowed: dict[str, frozenset[Any]] = {}
+    source, reps = attrs["source"], attrs["repetitions"]
+    plural = reps > 1
+    is_tone = source in TIMBRES
+    # how the count is said: number word, "twice" clause, bare plural, or nothing
+    number, times = "a", ""
+    if "repetitions" in mention:
+        allowed["repetitions"] = frozenset({reps})
+        if rng.random() < 0.3:
+            times, plural = _pick(rng, _TIMES[reps]), False
+            if reps > 1:
+                times = _pick(rng, ["played", "repeated", "heard"]) + " " + times
+        else:
+            number = _pick(rng, _NUMBER_WORDS[reps])
+    elif plural:
+        number = _pick(rng, ["some", "several", "repeated"])
+        allowed["repetitions"] = frozenset({2, 3})
+    else:
+        allowed["repetitions"] = frozenset({1})
+        number = _pick(rng, ["a", "one", "a single"])
+    loud = ""
+    if "loudness" in mention:
+        loud = _pick(rng, _LOUD_WORDS[attrs["loudness"]])
+        allowed["loudness"] = frozenset({attrs["loudness"]})
+    if not is_tone:
+        if "source" in mention:
+            allowed["source"] = frozenset({source})
+            noun = _pick(rng, _NOISE_NOUNS[source])[plural]
+        else:
+            allowed["source"] = frozenset(NOISES)
+            noun = _pick(rng, [("noise", "bursts of noise"), ("burst of noise", "bursts of noise")])[plural]
+        if noun.startswith("bursts") and number in ("a", "one", "a single"):
+            number = ""
+        np_ = f"{number} {loud} {noun} {times}"
+        frame = rng.integers(3)
+        text = np_ if frame == 0 else f"{_pick(rng, ['the sound of', 'a recording of', 'audio of'])} {np_}"
+        return Caption(_a_an(text), Constraint(allowed))
+
+    pitch = timbre_adj = contour_adj = contour_clause = ""
+    if "pitch" in mention:
+        pitch = _pick(rng, _PITCH_WORDS[attrs["pitch"]])
+        allowed["pitch"] = frozenset({attrs["pitch"]})
+    if "contour" in mention:
+        if rng.random() < 0.5:
+            contour_adj = _pick(rng, _CONTOUR_ADJ[attrs["contour"]])
+        else:
+            contour_clause = _pick(rng, _CONTOUR_CLAUSE[attrs["contour"]])
+        allowed["contour"] = frozenset({attrs["contour"]})
+    if "source" in mention:
+        allowed["source"] = frozenset({source})
+        if rng.random() < 0.5:
+            noun = _pick(rng, _TIMBRE_NOUNS[source])[plural]
+        else:
+            timbre_adj = _pick(rng, _TIMBRE_ADJ[source])
+            noun = _pick(rng, _TONE_NOUNS)[plural]
+    else:
+        allowed["source"] = frozenset(TIMBRES)
+        noun = _pick(rng, _TONE_NOUNS)[plural]
+    if plural and contour_clause.startswith("that "):
+        contour_clause = contour_clause.replace("rises", "rise").replace("falls", "fall").replace("stays", "stay")
+    adjectives = [w for w in (loud, pitch, contour_adj, timbre_adj) if w]
+    if len(adjectives) > 1 and rng.random() < 0.3:
+        rng.shuffle(adjectives)
+    style = rng.integers(5)
+    if style == 0 and len(adjectives) >= 2:
+        # "a beep, low and buzzy"
+        text = f"{number} {noun}, {' and '.join(adjectives)} {contour_clause} {times}"
+    elif style == 1:
+        frame = _pick(rng, ["the sound of", "a recording of", "audio of", "you can hear"])
+        text = f"{frame} {number} {' '.join(adjectives)} {noun} {contour_clause} {times}"
+    else:
+        text = f"{number} {' '.join(adjectives)} {noun} {contour_clause} {times}"
+    return Caption(_a_an(text), Constraint(allowed))
+
+
+def describe(
+    modality: Literal["image", "audio"],
+    attributes: Mapping[str, Any],
+    rng: np.random.Generator,
+    mention: set[str] | None = None,
+) -> Caption:
+    """A caption of these attributes in a random wording; `mention` (default: all) says which it states."""
+    names = set(ATTRIBUTES[modality]) if mention is None else set(mention)
+    if modality == "image":
+        return _image_caption(attributes, rng, names)
+    if attributes["source"] not in TIMBRES:
+        names -= {"pitch", "contour"}
+    return _sound_caption(attributes, rng, names)
+
+
+# How often training captions leave an attribute out: the shape/colour and timbre/pitch are named
+# most of the time, the rest about half the time, so short queries ("a red circle") are in-domain.
+_MENTION_P = {
+    "image": {"shape": 0.9, "colour": 0.9, "size": 0.55, "count": 0.6, "background": 0.5},
+    "audio": {"source": 0.8, "pitch": 0.8, "contour": 0.6, "repetitions": 0.6, "loudness": 0.5},
+}
+
+
+def caption_variants(
+    modality: Literal["image", "audio"], attributes: Mapping[str, Any], rng: np.random.Generator, n: int
+) -> list[Caption]:
+    """`n` training captions of one item, each stating a random subset of its attributes."""
+    out = []
+    probs = _MENTION_P[modality]
+    for _ in range(n):
+        mention = {name for name, p in probs.items() if rng.random() < p}
+        if not mention & ({"shape", "colour"} if modality == "image" else {"source", "pitch"}):
+            mention.add(_pick(rng, ["shape", "colour"] if modality == "image" else ["source", "pitch"]))
+        out.append(describe(modality, attributes, rng, mention))
+    return out
+
+
+# --- encodings ----------------------------------------------------------------------------------
+
+
+def image_png(image: Image.Image) -> bytes:
+    """PNG bytes of an image (what `xmodal demo` publishes as a MediaEvent's data)."""
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def waveform_wav(wave: Waveform) -> bytes:
+    """16-bit PCM WAV bytes of a clip."""
+    import soundfile as sf
+
+    buf = io.BytesIO()
+    sf.write(buf, np.clip(wave.samples, -1, 1), wave.sample_rate, subtype="PCM_16", format="WAV")
+    return buf.getvalue()
