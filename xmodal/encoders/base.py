@@ -6,9 +6,10 @@ untrusted bytes is `xmodal.encoders.media`'s job. Every output row is L2-normali
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
@@ -74,37 +75,90 @@ def l2_normalize(x: NDArray[np.floating]) -> Vectors:
     return x / np.maximum(norms, 1e-12)
 
 
-class SerializedEncoder:
-    """An Encoder whose calls run one at a time.
+@dataclass
+class _Pending:
+    items: Sequence[Any]
+    result: Vectors | None = None
+    error: BaseException | None = None
+    done: bool = False
 
-    `xmodal up` shares one set of towers between the ingest agents and the query service; fast
-    tokenizers are not reentrant ("Already borrowed") and torch already spreads one call over
-    every core, so concurrent calls gain nothing and may fail.
+
+class SerializedEncoder:
+    """An Encoder whose tower calls run one at a time, with concurrent calls encoded together.
+
+    `xmodal up` shares one set of towers between the ingest agents and the query service, and the
+    query service serves requests from several threads. Fast tokenizers are not reentrant
+    ("Already borrowed") and torch already spreads one call over every core, so calls are
+    serialised. While one call runs, the calls that arrive queue up; the next thread to get the
+    tower encodes everything queued as one batch (a lone call is encoded at once: no added wait).
+    If a merged batch fails, its parts are retried one by one so one bad input fails only its caller.
     """
 
     def __init__(self, inner: Encoder) -> None:
-        import threading
-
         self._inner = inner
-        self._lock = threading.Lock()
-        self.name, self.dim = inner.name, inner.dim
+        self._tower_lock = threading.Lock()
+        self._queue_lock = threading.Lock()
+        self._queues: dict[str, list[_Pending]] = {"text": [], "image": [], "audio": []}
+
+    @property
+    def name(self) -> str:
+        return self._inner.name
+
+    @property
+    def dim(self) -> int:
+        return self._inner.dim
 
     @property
     def modalities(self) -> frozenset[Modality]:
         return self._inner.modalities
 
     def load(self) -> None:
-        with self._lock:
+        with self._tower_lock:
             self._inner.load()
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        with self._lock:
-            return self._inner.encode_texts(texts)
+        return self._encode("text", self._inner.encode_texts, texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
-        with self._lock:
-            return self._inner.encode_images(images)
+        return self._encode("image", self._inner.encode_images, images)
 
     def encode_audio(self, clips: Sequence[Waveform]) -> Vectors:
-        with self._lock:
-            return self._inner.encode_audio(clips)
+        return self._encode("audio", self._inner.encode_audio, clips)
+
+    def _encode(self, modality: str, tower: Callable[[Sequence[Any]], Vectors], items: Sequence[Any]) -> Vectors:
+        mine = _Pending(items)
+        with self._queue_lock:
+            self._queues[modality].append(mine)
+        with self._tower_lock:
+            if not mine.done:  # nobody took our items while we waited: take all that is queued
+                with self._queue_lock:
+                    batch, self._queues[modality] = self._queues[modality], []
+                self._run(tower, batch)
+        if mine.error is not None:
+            raise mine.error
+        assert mine.result is not None  # set by _run for every pending it took
+        return mine.result
+
+    @staticmethod
+    def _run(tower: Callable[[Sequence[Any]], Vectors], batch: list[_Pending]) -> None:
+        try:
+            if len(batch) == 1:
+                batch[0].result = tower(batch[0].items)
+            else:
+                merged = tower([item for pending in batch for item in pending.items])
+                start = 0
+                for pending in batch:
+                    pending.result = merged[start : start + len(pending.items)]
+                    start += len(pending.items)
+        except BaseException as merged_error:  # noqa: BLE001 - attributed below, per caller
+            if len(batch) == 1:
+                batch[0].error = merged_error
+            else:
+                for pending in batch:
+                    try:
+                        pending.result = tower(pending.items)
+                    except BaseException as e:  # noqa: BLE001 - re-raised in its own caller's thread
+                        pending.error = e
+        finally:
+            for pending in batch:
+                pending.done = True
