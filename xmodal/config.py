@@ -40,6 +40,7 @@ class Settings(BaseSettings):
     session_timeout_ms: int = Field(6000, ge=1000, le=300_000, description="consumer session.timeout.ms")
     kafka_extra: Mapping[str, str] = Field(
         default_factory=dict,
+        repr=False,  # holds sasl.password / ssl.key.password: never in logs
         description="librdkafka settings passed through from XMODAL_KAFKA_<NAME> (SASL, TLS, ...)",
     )
 
@@ -130,7 +131,7 @@ def _kafka_passthrough(environ: Mapping[str, str]) -> dict[str, str]:
     """XMODAL_KAFKA_SASL_USERNAME=u -> {"sasl.username": "u"} (librdkafka property names)."""
     extra = {}
     for key, value in environ.items():
-        if key.startswith(KAFKA_PASSTHROUGH_PREFIX) and key not in _FIELD_ENV:
+        if key.startswith(KAFKA_PASSTHROUGH_PREFIX) and key not in _FIELD_ENV and key != "XMODAL_KAFKA_EXTRA":
             extra[key[len(KAFKA_PASSTHROUGH_PREFIX) :].lower().replace("_", ".")] = value
     return extra
 
@@ -144,7 +145,9 @@ def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) ->
     unknown = sorted(
         key
         for key in env
-        if key.startswith(ENV_PREFIX) and key not in _FIELD_ENV and not key.startswith(KAFKA_PASSTHROUGH_PREFIX)
+        if key.startswith(ENV_PREFIX)
+        and key not in _FIELD_ENV
+        and (not key.startswith(KAFKA_PASSTHROUGH_PREFIX) or key == "XMODAL_KAFKA_EXTRA")
     )
     if unknown:
         raise ConfigError(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -18,33 +19,44 @@ from typing import Any
 import faust
 
 from xmodal.config import Settings
+from xmodal.errors import ConfigError
 from xmodal.streams.pipeline import IngestPipeline, SourceRecord
 
-__all__ = ["create_app", "to_source_record"]
+__all__ = ["create_app", "faust_credentials", "to_source_record"]
 
 log = logging.getLogger(__name__)
 
 
-def _faust_credentials(settings: Settings) -> dict[str, Any]:
-    """Map the librdkafka SASL/TLS pass-through (XMODAL_KAFKA_*) onto Faust's (aiokafka) settings."""
+def faust_credentials(settings: Settings) -> dict[str, Any]:
+    """Map the librdkafka SASL/TLS pass-through (XMODAL_KAFKA_*) onto Faust's (aiokafka) settings,
+    so the ingest agents and the confluent-kafka clients authenticate the same way."""
     extra = settings.kafka_extra
-    protocol = extra.get("security.protocol", "").upper()
-    if not protocol or protocol == "PLAINTEXT":
+    protocol = extra.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
         return {}
+    if protocol not in ("SSL", "SASL_SSL", "SASL_PLAINTEXT"):
+        raise ConfigError(f"XMODAL_KAFKA_SECURITY_PROTOCOL={protocol} is not one of PLAINTEXT, SSL, SASL_SSL, SASL_PLAINTEXT")
     ssl_context = None
     if "SSL" in protocol:
-        ssl_context = faust.ssl.create_default_context(cafile=extra.get("ssl.ca.location"))
+        ssl_context = ssl.create_default_context(cafile=extra.get("ssl.ca.location"))
         if "ssl.certificate.location" in extra:
-            ssl_context.load_cert_chain(extra["ssl.certificate.location"], extra.get("ssl.key.location"))
-    if "SASL" in protocol:
-        credentials: Any = faust.SASLCredentials(
-            username=extra.get("sasl.username"),
-            password=extra.get("sasl.password"),
-            mechanism=extra.get("sasl.mechanism", "PLAIN"),
-            ssl_context=ssl_context,
+            ssl_context.load_cert_chain(
+                extra["ssl.certificate.location"], extra.get("ssl.key.location"), extra.get("ssl.key.password")
+            )
+    if not protocol.startswith("SASL"):
+        return {"broker_credentials": faust.SSLCredentials(ssl_context)}
+    # librdkafka's name is sasl.mechanisms (plural); sasl.mechanism is its alias.
+    mechanism = (extra.get("sasl.mechanisms") or extra.get("sasl.mechanism") or "PLAIN").upper()
+    if mechanism not in ("PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"):
+        raise ConfigError(
+            f"XMODAL_KAFKA_SASL_MECHANISMS={mechanism}: the ingest agents support PLAIN, SCRAM-SHA-256 and SCRAM-SHA-512"
         )
-    else:
-        credentials = faust.SSLCredentials(ssl_context)
+    credentials = faust.SASLCredentials(
+        username=extra.get("sasl.username"),
+        password=extra.get("sasl.password"),
+        mechanism=mechanism,
+        ssl_context=ssl_context,
+    )
     return {"broker_credentials": credentials}
 
 
@@ -86,7 +98,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
-        **_faust_credentials(settings),
+        **faust_credentials(settings),
     )
     media = app.topic(settings.media_topic, key_type=bytes, value_type=bytes)
     dlq = app.topic(settings.dlq_topic, key_type=bytes, value_type=bytes)
