@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 from prometheus_client import Counter, Histogram, start_http_server
 
@@ -15,6 +18,7 @@ __all__ = [
     "STAGE_SECONDS",
     "UNROUTABLE_REQUESTS",
     "serve_metrics",
+    "timed",
 ]
 
 log = logging.getLogger(__name__)
@@ -59,3 +63,13 @@ def serve_metrics(port: int) -> None:
         return
     _served_on = port
     log.info("Prometheus metrics on http://0.0.0.0:%d/metrics", port)
+
+
+@contextmanager
+def timed(stage: str) -> Iterator[None]:
+    """Observe the time the block takes in xmodal_stage_seconds{stage}."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)

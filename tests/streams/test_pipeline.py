@@ -117,3 +117,58 @@ def test_encode_items_reports_positions() -> None:
     good, bad = encode_items(tower, [1, -1, 2, -3])
     assert sorted(good) == [0, 2] and sorted(bad) == [1, 3]
     assert bad[1].code == "encode_error" and "negative" in bad[1].message
+
+
+class ZeroFor(RefusesPoison):
+    """A text tower that silently returns a zero vector for one input (a real failure mode of
+    towers under half precision or on degenerate input)."""
+
+    def encode_texts(self, texts: Sequence[str]) -> Vectors:
+        vectors = self.inner.encode_texts(texts).copy()
+        for i, t in enumerate(texts):
+            if "void" in t:
+                vectors[i] = 0.0
+        return vectors
+
+
+def test_a_zero_vector_is_dead_lettered_not_sent_to_the_index(mini: MiniSpace, index: EdgeIndex) -> None:
+    pipeline = IngestPipeline({"mini": ZeroFor(mini)}, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    result = pipeline.process([record(0, "a", text("a", "fine")), record(1, "v", text("v", "void"))])
+    assert index.count("mini") == 1
+    assert [(d.record.offset, d.code, d.stage) for d in result.dead] == [(1, "encode_error", "encode")]
+
+
+def test_a_delete_stands_when_the_upsert_after_it_fails_to_encode(mini: MiniSpace, index: EdgeIndex) -> None:
+    pipeline = IngestPipeline({"mini": RefusesPoison(mini)}, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    pipeline.process([record(0, "a", text("a", "old version"))])
+    assert index.count("mini") == 1
+    result = pipeline.process([record(1, "a", None), record(2, "a", text("a", "poison version"))])
+    assert index.count("mini") == 0  # the delete happened; the failed upsert went to the DLQ
+    assert [d.code for d in result.dead] == ["encode_error"]
+    # and an earlier good upsert stands when a later one fails
+    pipeline.process([record(3, "b", text("b", "good")), record(4, "b", text("b", "poison"))])
+    [hit] = index.search("mini", mini.encode_texts(["good"])[0], 1)
+    assert hit.item_id == "b" and hit.score == pytest.approx(1.0, abs=1e-3)
+
+
+class TextOnly(RefusesPoison):
+    name = "captions"
+
+
+def test_an_item_that_changes_modality_leaves_no_stale_point(mini: MiniSpace, index: EdgeIndex) -> None:
+    import base64
+
+    from xmodal.encoders.mini.corpus import image_items, image_png
+
+    spaces = {"mini": mini, "captions": TextOnly(mini)}
+    pipeline = IngestPipeline(spaces, index, MediaLimits.from_settings(load_settings({})))
+    pipeline.start()
+    pipeline.process([record(0, "a", text("a", "a red circle"))])
+    assert (index.count("mini"), index.count("captions")) == (1, 1)
+    picture = base64.b64encode(image_png(image_items(1)[0].media)).decode()
+    pipeline.process([record(1, "a", {"id": "a", "modality": "image", "data": picture})])
+    assert (index.count("mini"), index.count("captions")) == (1, 0)
+    [hit] = index.search("mini", mini.encode_texts(["anything"])[0], 1)
+    assert hit.modality == "image"

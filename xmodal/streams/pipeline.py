@@ -13,8 +13,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -24,7 +23,7 @@ from xmodal.encoders.base import Encoder, Modality, Vectors
 from xmodal.encoders.media import MediaLimits, load_media
 from xmodal.errors import EncodeError, MediaError, SchemaError, XmodalError
 from xmodal.indexer.base import IndexPoint, VectorIndex
-from xmodal.metrics import DEAD_LETTERS, EVENTS, INDEX_LAG, STAGE_SECONDS
+from xmodal.metrics import DEAD_LETTERS, EVENTS, INDEX_LAG, timed
 from xmodal.schema import MediaEvent, parse_media_event
 
 __all__ = ["BatchResult", "DeadLetter", "IngestPipeline", "SourceRecord", "encode_items"]
@@ -77,18 +76,10 @@ class BatchResult:
 
 @dataclass
 class _Item:
+    position: int  # in the batch's valid events: identifies this event (an item id may repeat)
     record: SourceRecord
     event: MediaEvent
     content: Any = None  # str | PIL image | Waveform, once decoded
-
-
-@contextmanager
-def _timed(stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)
 
 
 def encode_items(
@@ -102,7 +93,7 @@ def encode_items(
         vectors = encode(items)
         if vectors.shape[0] != len(items):
             raise EncodeError(f"encoder returned {vectors.shape[0]} vectors for {len(items)} inputs")
-        return dict(enumerate(vectors)), {}
+        return _checked(vectors)
     except Exception as batch_error:  # noqa: BLE001 - any tower failure falls back to isolation
         if len(items) == 1:
             return {}, {0: _as_encode_error(batch_error)}
@@ -111,9 +102,28 @@ def encode_items(
     bad: dict[int, XmodalError] = {}
     for i, item in enumerate(items):
         try:
-            good[i] = encode([item])[0]
+            row = encode([item])[0]
         except Exception as e:  # noqa: BLE001 - recorded per item and dead-lettered
             bad[i] = _as_encode_error(e)
+            continue
+        ok, failed = _checked(row[None, :])
+        if ok:
+            good[i] = row
+        else:
+            bad[i] = failed[0]
+    return good, bad
+
+
+def _checked(vectors: np.ndarray) -> tuple[dict[int, np.ndarray], dict[int, XmodalError]]:
+    """Rows that cosine can use; a zero or non-finite row (a silent tower failure) is an item error,
+    so the index never sees it (it would refuse the whole batch)."""
+    finite = np.isfinite(vectors).all(axis=1)
+    usable = finite & (np.linalg.norm(np.where(finite[:, None], vectors, 0), axis=1) > 1e-6)
+    good = {i: row for i, row in enumerate(vectors) if usable[i]}
+    bad: dict[int, XmodalError] = {
+        i: EncodeError("the tower returned a zero or non-finite vector for this input", code="encode_error")
+        for i in np.flatnonzero(~usable).tolist()
+    }
     return good, bad
 
 
@@ -144,23 +154,27 @@ class IngestPipeline:
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         result = BatchResult()
         items = self._decode(records, result)
-        latest = self._latest_per_item(items)
-        upserts = [item for item in latest if item.event.op == "upsert"]
-        deletes = [item.event.id for item in latest if item.event.op == "delete"]
-        points = self._encode(upserts, result)
-        with _timed("upsert"):
+        candidates = self._candidates(items)
+        vectors, failed = self._encode([it for it in candidates if it.event.op == "upsert"], result)
+        upserts, deletes = self._outcome(candidates, failed)
+        points = {
+            space: [self._point(item, by_item[item.position]) for item in upserts if item.position in by_item]
+            for space, by_item in vectors.items()
+        }
+        with timed("upsert"):
             for space, space_points in points.items():
                 if space_points:
                     self._index.upsert(space, space_points)
-            if deletes:
-                for space in self._spaces:
-                    self._index.delete(space, deletes)
+                # An item that changed modality must not keep its old point in a space that
+                # cannot encode the new one.
+                stale = [it.event.id for it in upserts if it.position not in vectors[space]]
+                if deletes or stale:
+                    self._index.delete(space, deletes + stale)
         now_ms = time.time() * 1000
-        indexed_ids = {p.item_id for space_points in points.values() for p in space_points}
         for item in upserts:
-            if item.event.id in indexed_ids and item.record.timestamp_ms:
+            if item.record.timestamp_ms:
                 INDEX_LAG.observe(max(now_ms - item.record.timestamp_ms, 0) / 1000)
-        result.indexed, result.deleted = len(indexed_ids), len(deletes)
+        result.indexed, result.deleted = len(upserts), len(deletes)
         EVENTS.labels("indexed").inc(result.indexed)
         EVENTS.labels("deleted").inc(result.deleted)
         EVENTS.labels("dead_lettered").inc(len(result.dead))
@@ -170,11 +184,11 @@ class IngestPipeline:
 
     def _decode(self, records: Sequence[SourceRecord], result: BatchResult) -> list[_Item]:
         items = []
-        with _timed("decode"):
+        with timed("decode"):
             for record in records:
                 try:
                     event = parse_media_event(record.key, record.value)
-                    item = _Item(record, event)
+                    item = _Item(len(items), record, event)
                     if event.op == "upsert":
                         self._check_supported(event)
                         if event.modality == "text":
@@ -197,50 +211,63 @@ class IngestPipeline:
             )
 
     @staticmethod
-    def _latest_per_item(items: list[_Item]) -> list[_Item]:
-        """Only the last event of an item in a batch matters: upsert-then-delete is a delete.
+    def _candidates(items: list[_Item]) -> list[_Item]:
+        """The events that can decide each item's final state: its last delete and what follows.
 
         Events of one item share a partition (keyed by id), so batch order is event order.
         """
-        latest: dict[str, _Item] = {}
-        for item in items:
-            latest.pop(item.event.id, None)
-            latest[item.event.id] = item
-        return list(latest.values())
+        last_delete = {it.event.id: n for n, it in enumerate(items) if it.event.op == "delete"}
+        return [it for n, it in enumerate(items) if n >= last_delete.get(it.event.id, -1)]
 
-    def _encode(self, upserts: list[_Item], result: BatchResult) -> dict[str, list[IndexPoint]]:
-        vectors: dict[str, dict[str, np.ndarray]] = {}  # space -> item id -> vector
-        failed: dict[str, tuple[_Item, XmodalError]] = {}
-        with _timed("encode"):
+    @staticmethod
+    def _outcome(candidates: list[_Item], failed: set[int]) -> tuple[list[_Item], list[str]]:
+        """Each item's final state: its last event that succeeded (upsert-then-delete deletes; a
+        failed upsert after a good one or after a delete leaves that one standing)."""
+        final: dict[str, _Item] = {}
+        for item in candidates:
+            if item.position not in failed:
+                final.pop(item.event.id, None)
+                final[item.event.id] = item
+        upserts = [it for it in final.values() if it.event.op == "upsert"]
+        deletes = [it.event.id for it in final.values() if it.event.op == "delete"]
+        return upserts, deletes
+
+    def _encode(
+        self, upserts: list[_Item], result: BatchResult
+    ) -> tuple[dict[str, dict[int, np.ndarray]], set[int]]:
+        """Vectors per space keyed by item position, and the items that failed (dead-lettered here).
+
+        An item that fails in any space is indexed in none: its spaces must not disagree.
+        """
+        vectors: dict[str, dict[int, np.ndarray]] = {space: {} for space in self._spaces}
+        errors: dict[int, tuple[_Item, XmodalError]] = {}
+        with timed("encode"):
             for space, encoder in self._spaces.items():
-                vectors[space] = {}
                 for modality in encoder.modalities:
-                    group = [it for it in upserts if it.event.modality == modality and it.event.id not in failed]
+                    group = [it for it in upserts if it.event.modality == modality and it.position not in errors]
                     if not group:
                         continue
-                    encode = _tower(encoder, modality)
-                    good, bad = encode_items(encode, [it.content for it in group])
+                    good, bad = encode_items(_tower(encoder, modality), [it.content for it in group])
                     for i, vector in good.items():
-                        vectors[space][group[i].event.id] = vector
+                        vectors[space][group[i].position] = vector
                     for i, error in bad.items():
-                        failed[group[i].event.id] = (group[i], error)
-        for item, error in failed.values():
-            result.dead.append(DeadLetter(item.record, error.code, f"{error.message}", "encode"))
-        points: dict[str, list[IndexPoint]] = {}
-        for space, by_id in vectors.items():
-            points[space] = [
-                IndexPoint(
-                    item_id=item.event.id,
-                    vector=by_id[item.event.id],
-                    modality=str(item.event.modality),
-                    metadata=item.event.metadata,
-                    ts=item.event.ts if item.event.ts is not None else item.record.timestamp_ms,
-                    source={"topic": item.record.topic, "partition": item.record.partition, "offset": item.record.offset},
-                )
-                for item in upserts
-                if item.event.id in by_id and item.event.id not in failed
-            ]
-        return points
+                        errors[group[i].position] = (group[i], error)
+        for key, (item, error) in errors.items():
+            result.dead.append(DeadLetter(item.record, error.code, error.message, "encode"))
+            for by_item in vectors.values():
+                by_item.pop(key, None)
+        return vectors, set(errors)
+
+    @staticmethod
+    def _point(item: _Item, vector: np.ndarray) -> IndexPoint:
+        return IndexPoint(
+            item_id=item.event.id,
+            vector=vector,
+            modality=str(item.event.modality),
+            metadata=item.event.metadata,
+            ts=item.event.ts if item.event.ts is not None else item.record.timestamp_ms,
+            source={"topic": item.record.topic, "partition": item.record.partition, "offset": item.record.offset},
+        )
 
 
 def _tower(encoder: Encoder, modality: str) -> Callable[[Sequence[Any]], Vectors]:
