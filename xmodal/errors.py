@@ -44,9 +44,6 @@ class XmodalError(Exception):
         if code is not None:
             self.code = code
 
-    def to_dict(self) -> dict[str, str]:
-        return {"code": self.code, "message": self.message}
-
 
 class ConfigError(XmodalError):
     code = "config_error"

@@ -11,6 +11,7 @@ import fcntl
 import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, TYPE_CHECKING
@@ -23,7 +24,7 @@ from xmodal.errors import BrokerError, ConfigError
 from xmodal.indexer import open_index
 from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import serve_metrics
-from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_address
+from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_address, record_address
 from xmodal.streams.kafka import ensure_topics
 
 if TYPE_CHECKING:
@@ -96,6 +97,7 @@ class Node:
         self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
         self._query: QueryService | None = None
+        self._recorded = False
 
     def start(self) -> Node:
         try:
@@ -135,9 +137,12 @@ class Node:
 
             self._query = QueryService(settings, self.bootstrap, Searcher(self.spaces, self.index, limits))
             self._query.start()
-        if self._broker is not None:
-            # Recorded last: other shells only find a system that is ready to take events.
-            self._broker.record(settings.data_dir)
+        if self.roles.start_broker:
+            # Recorded last: other shells only find a system that is ready to take events. With
+            # XMODAL_KAFKA_BOOTSTRAP set, `xmodal up` records that address, so the README flow
+            # (ingest and search in a second shell) works against an external Kafka too.
+            record_address(settings.data_dir, self.bootstrap)
+            self._recorded = True
 
     def _connect(self) -> str:
         settings = self.settings
@@ -163,25 +168,33 @@ class Node:
     @property
     def failure(self) -> BaseException | None:
         """Why a hosted service stopped on its own (e.g. the index stayed unavailable), else None."""
-        return self._faust.crashed if self._faust is not None else None
+        if self._faust is not None and self._faust.crashed is not None:
+            return self._faust.crashed
+        crashed = getattr(self._query, "crashed", None)
+        return crashed if isinstance(crashed, BaseException) else None
 
     def stop(self) -> None:
-        if self._query is not None:
-            self._query.stop()
-            self._query = None
-        if self._faust is not None:
-            self._faust.stop()
-            self._faust = None
-        if self.index is not None:
-            self.index.close()
-            self.index = None
-        if self._lock is not None:
-            self._lock.release()
-            self._lock = None
-        if self._broker is not None:
-            (self.settings.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
-            self._broker.stop()
-            self._broker = None
+        """Stop everything started, in reverse order; one failing step does not skip the others."""
+        steps: list[tuple[str, Callable[[], None] | None]] = [
+            ("query service", self._query.stop if self._query is not None else None),
+            ("ingest agents", self._faust.stop if self._faust is not None else None),
+            ("index", self.index.close if self.index is not None else None),
+            ("index lock", self._lock.release if self._lock is not None else None),
+            ("address record", self._forget_address if self._recorded else None),
+            ("broker", self._broker.stop if self._broker is not None else None),
+        ]
+        self._query = self._faust = self.index = self._lock = self._broker = None
+        self._recorded = False
+        for what, step in steps:
+            if step is None:
+                continue
+            try:
+                step()
+            except Exception:  # noqa: BLE001 - logged; the remaining resources must still be released
+                log.exception("stopping the %s failed", what)
+
+    def _forget_address(self) -> None:
+        (self.settings.data_dir / ADDRESS_FILE).unlink(missing_ok=True)
 
     def __enter__(self) -> Node:
         return self.start()

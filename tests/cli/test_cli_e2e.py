@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import os
+import queue
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
@@ -37,34 +40,63 @@ def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -
     return subprocess.run([*XMODAL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
 
 
-@pytest.fixture
-def system(shell_env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
+@dataclass
+class Up:
+    proc: subprocess.Popen[str]
+    lines: queue.Queue[str | None]  # what it prints, line by line; None at the end
+
+
+def start_up(env: dict[str, str], cwd: Path, timeout_s: float = 180) -> Up:
+    """`xmodal up` in the background, returned once it printed that it is ready (or fail, with its output)."""
     proc = subprocess.Popen(
-        [*XMODAL, "up"], env=shell_env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        [*XMODAL, "up"], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
-    lines: list[str] = []
-    deadline = time.monotonic() + 180
-    assert proc.stdout is not None
+    lines: queue.Queue[str | None] = queue.Queue()
+
+    def pump() -> None:  # readline() blocks: read in a thread so the wait has a deadline
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        line = proc.stdout.readline()
-        if not line:
+        try:
+            line = lines.get(timeout=1)
+        except queue.Empty:
+            continue
+        if line is None:
             break
-        lines.append(line)
+        seen.append(line)
         if "Ctrl-C to stop" in line:
-            break
-    else:
-        proc.kill()
-    if not any("Ctrl-C to stop" in line for line in lines):
-        proc.kill()
-        pytest.fail("xmodal up did not come up:\n" + "".join(lines))
-    assert any("broker   127.0.0.1:" in line for line in lines), lines
-    yield proc
-    if proc.poll() is None:
-        proc.kill()
+            assert any("broker   " in s for s in seen), seen
+            return Up(proc, lines)
+    proc.kill()
+    pytest.fail("xmodal up did not come up:\n" + "".join(seen))
+
+
+def stop_up(up: Up, timeout_s: float = 60) -> str:
+    """SIGINT, as Ctrl-C; returns what it printed after it was ready."""
+    up.proc.send_signal(signal.SIGINT)
+    up.proc.wait(timeout_s)
+    out: list[str] = []
+    while (line := up.lines.get(timeout=5)) is not None:
+        out.append(line)
+    return "".join(out)
+
+
+@pytest.fixture
+def system(shell_env: dict[str, str], tmp_path: Path) -> Iterator[Up]:
+    up = start_up(shell_env, tmp_path)
+    yield up
+    if up.proc.poll() is None:
+        up.proc.kill()
 
 
 def test_up_ingest_search_and_stop_keeps_the_index(
-    system: subprocess.Popen[str], shell_env: dict[str, str], tmp_path: Path
+    system: Up, shell_env: dict[str, str], tmp_path: Path
 ) -> None:
     docs = tmp_path / "docs"
     docs.mkdir()
@@ -102,9 +134,8 @@ def test_up_ingest_search_and_stop_keeps_the_index(
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{shell_env['XMODAL_METRICS_PORT']}/metrics").read().decode()
     assert 'xmodal_events_total{outcome="indexed"} 4.0' in metrics
 
-    system.send_signal(signal.SIGINT)
-    output, _ = system.communicate(timeout=60)
-    assert system.returncode == 0, output
+    output = stop_up(system)
+    assert system.proc.returncode == 0, output
     assert "index is kept" in output
     assert not (Path(shell_env["XMODAL_DATA_DIR"]) / "broker.json").exists()
 
@@ -118,19 +149,18 @@ def test_up_again_finds_the_kept_index(shell_env: dict[str, str], tmp_path: Path
     from xmodal.indexer.edge import EdgeIndex
 
     def up_once() -> None:
-        proc = subprocess.Popen([*XMODAL, "up"], env=shell_env, cwd=tmp_path, stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True)
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            if "Ctrl-C to stop" in line:
-                break
+        up = start_up(shell_env, tmp_path)
         note = tmp_path / "n.txt"
         note.write_text("a note that must survive a restart")
         assert run(["ingest", str(note)], shell_env, tmp_path).returncode == 0
-        time.sleep(3)
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
-        assert proc.returncode == 0
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:  # indexed once search finds it
+            found = run(["search", "a note", "--json"], shell_env, tmp_path)
+            if found.returncode == 0 and orjson.loads(found.stdout):
+                break
+            time.sleep(0.5)
+        output = stop_up(up)
+        assert up.proc.returncode == 0, output
 
     up_once()
     settings = load_settings({"XMODAL_DATA_DIR": shell_env["XMODAL_DATA_DIR"]})

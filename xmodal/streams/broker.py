@@ -19,7 +19,7 @@ import orjson
 
 from xmodal.errors import BrokerError
 
-__all__ = ["EmbeddedBroker", "read_recorded_address"]
+__all__ = ["EmbeddedBroker", "read_recorded_address", "record_address"]
 
 ADDRESS_FILE = "broker.json"
 
@@ -57,7 +57,17 @@ def read_recorded_address(data_dir: Path) -> str | None:
     if not _pid_alive(owner):
         return None
     host, _, port = address.rpartition(":")
-    return address if host and port.isdigit() and _accepts(int(port)) else None
+    if host == "127.0.0.1" and port.isdigit() and not _accepts(int(port)):
+        return None  # the embedded broker of a process that is going away
+    return address
+
+
+def record_address(data_dir: Path, bootstrap: str) -> None:
+    """Record the broker of this running process for other commands using the same data dir."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    tmp = data_dir / f".{ADDRESS_FILE}.tmp"
+    tmp.write_bytes(orjson.dumps({"bootstrap": bootstrap, "owner_pid": os.getpid()}))
+    tmp.replace(data_dir / ADDRESS_FILE)
 
 
 class EmbeddedBroker:
@@ -111,13 +121,6 @@ class EmbeddedBroker:
                 raise BrokerError(f"tansu did not accept connections on {url} within {timeout_s:.0f} s")
             time.sleep(0.02)
         return self.bootstrap
-
-    def record(self, data_dir: Path) -> None:
-        """Record the address for other commands using the same data dir (see read_recorded_address)."""
-        data_dir.mkdir(parents=True, exist_ok=True)
-        tmp = data_dir / f".{ADDRESS_FILE}.tmp"
-        tmp.write_bytes(orjson.dumps({"bootstrap": self.bootstrap, "owner_pid": os.getpid()}))
-        tmp.replace(data_dir / ADDRESS_FILE)
 
     def stop(self) -> None:
         process, self._process = self._process, None

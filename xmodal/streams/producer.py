@@ -18,7 +18,7 @@ import orjson
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from xmodal.config import Settings
-from xmodal.errors import XmodalError
+from xmodal.errors import BrokerError, XmodalError
 from xmodal.schema import MediaEvent, parse_media_event
 from xmodal.streams.kafka import producer_config
 
@@ -140,12 +140,17 @@ def produce_events(
             report.failed += 1
             report.rejected.append(f"delivery failed: {err.str()}")
 
-    for key, value in events:
-        if _produce_one(producer, settings.media_topic, key, value, delivered, report):
-            report.sent += 1
-            on_sent()
-        producer.poll(0)
-    remaining = producer.flush(60)
+    try:
+        for key, value in events:
+            if _produce_one(producer, settings.media_topic, key, value, delivered, report):
+                report.sent += 1
+                on_sent()
+            producer.poll(0)
+    except KafkaException as e:
+        raise BrokerError(f"producing to {settings.media_topic} failed: {e}") from e
+    finally:
+        # Whatever happened, what was queued is delivered (or counted as failed) before returning.
+        remaining = producer.flush(60)
     if remaining:
         report.failed += remaining
         report.rejected.append(f"{remaining} events not acknowledged within 60 s")

@@ -25,12 +25,13 @@ class FaustRunner:
     def __init__(self, app: faust.App, executor: ThreadPoolExecutor | None = None) -> None:
         self._app = app
         self._executor = executor
-        self._loop = asyncio.new_event_loop()
+        self._loop: asyncio.AbstractEventLoop | None = None  # made in start(): nothing to leak before
         self._thread = threading.Thread(target=self._run, name="xmodal-faust", daemon=True)
         self._started = threading.Event()
         self._start_error: BaseException | None = None
 
     def _run(self) -> None:
+        assert self._loop is not None  # set by start() before the thread starts
         asyncio.set_event_loop(self._loop)
         try:
             self._loop.run_until_complete(self._app.start())
@@ -42,6 +43,7 @@ class FaustRunner:
         self._loop.run_forever()
 
     def start(self, timeout_s: float = 60.0) -> None:
+        self._loop = asyncio.new_event_loop()
         self._thread.start()
         if not self._started.wait(timeout_s):
             raise XmodalError(f"the Faust app did not start within {timeout_s:.0f} s")
@@ -54,12 +56,8 @@ class FaustRunner:
         reason = getattr(self._app, "crash_reason", None)
         return reason if isinstance(reason, BaseException) else None
 
-    @property
-    def running(self) -> bool:
-        return self._thread.is_alive() and self.crashed is None
-
     def stop(self, timeout_s: float = 30.0) -> None:
-        if not self._thread.is_alive():
+        if self._loop is None or not self._thread.is_alive():
             return
         try:
             asyncio.run_coroutine_threadsafe(self._app.stop(), self._loop).result(timeout_s)
