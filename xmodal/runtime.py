@@ -87,12 +87,13 @@ class IndexLock:
 class Node:
     """Start with `start()`, stop with `stop()` (or use as a context manager)."""
 
-    def __init__(self, settings: Settings, roles: Roles = Roles()) -> None:
+    def __init__(self, settings: Settings, roles: Roles = Roles(), *, index: VectorIndex | None = None) -> None:
+        """`index`: use this index instead of the one the settings name (it is closed by stop())."""
         self.settings = settings
         self.roles = roles
         self.bootstrap: str = ""
         self.spaces: dict[str, Encoder] = {}
-        self.index: VectorIndex | None = None
+        self.index: VectorIndex | None = index
         self._broker: EmbeddedBroker | None = None
         self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
@@ -109,14 +110,16 @@ class Node:
 
     def _start(self) -> None:
         settings = self.settings
+        settings.data_dir.mkdir(parents=True, exist_ok=True)  # Faust keeps its own state in it too
         self.bootstrap = self._connect()
         ensure_topics(settings, self.bootstrap)
-        if settings.embedded_index:
-            self._lock = IndexLock(settings.data_dir / "index.lock")
-            self._lock.acquire()
+        if self.index is None:
+            if settings.embedded_index:
+                self._lock = IndexLock(settings.data_dir / "index.lock")
+                self._lock.acquire()
+            self.index = open_index(settings)
         # Shared by the ingest thread and the query threads of this process: one call at a time.
         self.spaces = {name: SerializedEncoder(e) for name, e in build_spaces(settings).items()}
-        self.index = open_index(settings)
         limits = MediaLimits.from_settings(settings)
         # Loads every tower and checks every collection's dimension before consuming anything.
         from xmodal.streams.pipeline import IngestPipeline
