@@ -7,11 +7,12 @@ docs/protocol.md is the reference for these messages.
 
 from __future__ import annotations
 
+import re
 from typing import Annotated, Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr, ValidationError
-from pydantic import model_validator
+from pydantic import field_validator, model_validator
 
 from xmodal.errors import SchemaError
 
@@ -22,18 +23,28 @@ __all__ = [
     "SearchHit",
     "SearchReply",
     "SearchRequest",
+    "TOPIC_NAME_PATTERN",
     "dump",
     "parse_media_event",
     "parse_search_reply",
     "parse_search_request",
+    "usable_topic",
 ]
 
-PROTOCOL_VERSION = 1
 Modality = Literal["text", "image", "audio"]
 # Filters are exact matches: floats (no exact equality) and null (no match semantics) are refused.
 FilterValue = StrictStr | StrictInt | StrictBool
 # Metadata is stored as payload and filtered by equality: JSON objects of any depth are fine.
 Metadata = dict[str, Any]
+# Kafka's rule for topic names; "." and ".." match it but are reserved (see usable_topic).
+TOPIC_NAME_PATTERN = r"^[A-Za-z0-9._-]{1,249}$"
+_TOPIC_NAME = re.compile(TOPIC_NAME_PATTERN)
+_RESERVED_TOPIC_NAMES = frozenset({".", ".."})
+
+
+def usable_topic(name: object) -> bool:
+    """True if `name` is a legal Kafka topic name: [A-Za-z0-9._-], 1-249 chars, not `.` or `..`."""
+    return isinstance(name, str) and _TOPIC_NAME.fullmatch(name) is not None and name not in _RESERVED_TOPIC_NAMES
 
 
 class _Message(BaseModel):
@@ -103,13 +114,20 @@ class Query(_Message):
 
 class SearchRequest(_Message):
     request_id: Annotated[str, Field(min_length=1, max_length=256)]
-    reply_to: Annotated[str, Field(pattern=r"^[A-Za-z0-9._-]{1,249}$")] | None = None
+    reply_to: Annotated[str, Field(pattern=TOPIC_NAME_PATTERN)] | None = None
     query: Query
     k: Annotated[int, Field(ge=1, le=1000)] = 10
     modalities: Annotated[list[Modality], Field(min_length=1)] | None = None
     filter: dict[str, FilterValue] = Field(default_factory=dict)
     spaces: Annotated[list[str], Field(min_length=1)] | None = None  # default: every configured space
     deadline_ms: int | None = None  # ms since epoch; a request seen after it gets deadline_exceeded
+
+    @field_validator("reply_to")
+    @classmethod
+    def _reply_to_is_not_reserved(cls, reply_to: str | None) -> str | None:
+        if reply_to in _RESERVED_TOPIC_NAMES:
+            raise _violation("reply_to", "invalid_field", f"reply_to: {reply_to!r} is reserved, not a topic name")
+        return reply_to
 
 
 class _Reply(BaseModel):

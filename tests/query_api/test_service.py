@@ -194,8 +194,12 @@ def test_a_slow_request_does_not_block_fast_ones(client: SearchClient) -> None:
 
 
 def test_in_flight_requests_are_bounded_by_query_concurrency(
-    client: SearchClient, trap: TrapIndex, settings: Settings
+    client: SearchClient, service: QueryService, trap: TrapIndex, settings: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # The poll thread tells when it holds a request it cannot hand on for want of a slot: from then
+    # on, and until a slot frees, nothing more can start, so no sleep is needed to see that it does not.
+    slots_full = threading.Event()
+    monkeypatch.setattr(service, "_slots_full", slots_full.set)
     RELEASE_SLOW.clear()
     try:
         held = [client.search_async("a dog", spaces=["mini"], filter={"trap": "slow"}) for _ in range(7)]
@@ -203,8 +207,10 @@ def test_in_flight_requests_are_bounded_by_query_concurrency(
         while trap.held < settings.query_concurrency:
             assert time.monotonic() < deadline, f"only {trap.held} requests started"
             time.sleep(0.02)
-        time.sleep(0.3)  # the other three wait for a slot, not in a worker
+        assert slots_full.wait(10), "the poll thread never waited for a slot"
+        # The other three wait in Kafka and in the poll thread's hand, not in a worker or the pool's queue.
         assert trap.held == settings.query_concurrency == 4
+        assert not any(f.done() for f in held)
     finally:
         RELEASE_SLOW.set()
     assert all(f.result(15).ok for f in held)
@@ -297,11 +303,23 @@ def test_an_unroutable_request_is_counted_and_the_service_lives_on(
     client: SearchClient, service: QueryService, settings: Settings
 ) -> None:
     before = REGISTRY.get_sample_value("xmodal_search_unroutable_total") or 0
-    for reply_to in ("no spaces allowed", "..", "x" * 300):
+    refused = [
+        "no spaces allowed",
+        "..",
+        "x" * 300,
+        # Legal names the service must not write to: its own input topics, and anything outside the prefix.
+        settings.media_topic,
+        settings.dlq_topic,
+        settings.requests_topic,
+        f"not{settings.topic_prefix}.search.replies",
+    ]
+    for reply_to in refused:
         body = {"request_id": rid(), "reply_to": reply_to, **GOOD}
         client.send_raw(orjson.dumps(body), rid(), timeout=1)  # nobody will answer these
+    body = {"request_id": rid(), "reply_to": settings.media_topic, "k": "many"}  # unparseable, same rule
+    client.send_raw(orjson.dumps(body), rid(), timeout=1)
     deadline = time.monotonic() + 10
-    while (REGISTRY.get_sample_value("xmodal_search_unroutable_total") or 0) < before + 3:
+    while (REGISTRY.get_sample_value("xmodal_search_unroutable_total") or 0) < before + len(refused) + 1:
         assert time.monotonic() < deadline, "the unroutable requests were not counted"
         time.sleep(0.05)
     assert service.running and service.crashed is None

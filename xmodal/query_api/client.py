@@ -8,7 +8,12 @@ group: a join costs seconds on tansu and would sit on the request path. Before t
 sent, each partition is positioned at its end offset as the broker reports it at that moment, so
 every reply produced afterwards is read (a position fetched lazily could land after a fast reply).
 Several clients may share a reply topic: each reads every reply and keeps those it waits for. A
-client that sends a lot can use its own topic (`reply_topic=`) to skip other clients' replies.
+client that sends a lot can use its own topic (`reply_topic=`) to skip other clients' replies; the
+service answers only on topics under `<prefix>.` (routing.py), so the client refuses any other.
+
+Once the reply reader stops, by close() or by itself (a fatal broker error, a bug), the client is
+dead: every waiting future fails with SearchError(code="client_closed") naming the cause, and later
+requests raise that error at once instead of waiting for replies nobody reads.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, SchemaError, SearchError, SearchTimeout
-from xmodal.query_api.service import usable_topic
+from xmodal.query_api.routing import reply_topic_refusal
 from xmodal.schema import (
     ErrorInfo,
     SearchHit,
@@ -47,6 +52,7 @@ __all__ = ["SearchClient", "hits_or_raise", "parse_reply"]
 log = logging.getLogger(__name__)
 
 _EXPIRY_CHECK_S = 0.02  # how often waiting requests are checked against their timeout
+_RETRY_PAUSE_S = 0.1  # pause of the reply reader after a retriable broker error (timeouts still fire)
 
 
 def hits_or_raise(reply: SearchReply) -> list[SearchHit]:
@@ -98,53 +104,73 @@ class _Waiting:
 class SearchClient:
     """Sends SearchRequests and waits for their replies. Use as a context manager.
 
-    `reply_topic`: where the service should answer (default `settings.replies_topic`); it is
-    created if missing. Thread-safe: any thread may search; one background thread reads replies.
+    `reply_topic`: where the service should answer (default `settings.replies_topic`), a topic
+    under `<prefix>.` other than xmodal's input topics; it is created if missing. Thread-safe: any
+    thread may search; one background thread reads replies.
     """
 
     def __init__(self, settings: Settings, bootstrap: str, *, reply_topic: str | None = None) -> None:
         self._settings = settings
         self._bootstrap = bootstrap
         self.reply_topic = reply_topic or settings.replies_topic
-        if not usable_topic(self.reply_topic):
-            raise ValueError(f"reply_topic {self.reply_topic!r} is not a Kafka topic name ([A-Za-z0-9._-], 1-249)")
+        refusal = reply_topic_refusal(self.reply_topic, settings)
+        if refusal is not None:
+            raise ValueError(f"reply_topic {refusal}: the query service would not answer there")
         self._waiting: dict[str, _Waiting] = {}
         self._lock = threading.Lock()
         self._closing = threading.Event()
         self._thread: threading.Thread | None = None
         self._producer: Producer | None = None
         self._consumer: Consumer | None = None
+        self._dead: SearchError | None = None  # set (under _lock) once the reply reader has stopped
+        self._fatal: KafkaError | None = None  # a fatal error reported by a client's error callback
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 15.0) -> SearchClient:
-        """Create the topics if missing and position the reply reader; then requests may go."""
+        """Create the topics if missing and position the reply reader; then requests may go.
+        On failure nothing is left behind."""
         if self._thread is not None:
             raise RuntimeError("SearchClient.start() was already called")
         settings = self._settings
         ensure_topics(settings, self._bootstrap, [settings.requests_topic, self.reply_topic])
-        self._producer = Producer(producer_config(settings, self._bootstrap, **{"linger.ms": 0}))
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                self._bootstrap,
-                **{
-                    # librdkafka insists on a group id; with assign() and no commits it never joins.
-                    "group.id": f"{settings.topic_prefix}.search-client.{uuid.uuid4().hex}",
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "fetch.wait.max.ms": 5,
-                },
-            )
-        )
         try:
+            self._producer = Producer(
+                producer_config(settings, self._bootstrap, **{"linger.ms": 0, "error_cb": self._on_client_error})
+            )
+            self._consumer = Consumer(
+                consumer_config(
+                    settings,
+                    self._bootstrap,
+                    **{
+                        # librdkafka insists on a group id; with assign() and no commits it never joins.
+                        "group.id": f"{settings.topic_prefix}.search-client.{uuid.uuid4().hex}",
+                        "enable.auto.commit": False,
+                        "enable.auto.offset.store": False,
+                        "fetch.wait.max.ms": 5,
+                        "error_cb": self._on_client_error,
+                    },
+                )
+            )
             self._consumer.assign(self._end_offsets(timeout_s))
-        except Exception:
-            self._consumer.close()
+            thread = threading.Thread(target=self._read_replies, name="xmodal-search-client", daemon=True)
+            thread.start()
+        except BaseException:
+            self._discard()
             raise
-        self._thread = threading.Thread(target=self._read_replies, name="xmodal-search-client", daemon=True)
-        self._thread.start()
+        self._thread = thread  # from here on, the reader owns (and closes) the consumer
         return self
+
+    def _discard(self) -> None:
+        """Let go of what a failed start() made; the reader never ran."""
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        for client in (consumer, producer):
+            if client is not None:
+                try:
+                    client.close()  # nothing was produced yet: returns at once
+                except Exception as e:  # already failing: the first error is the one to raise
+                    log.debug("closing a Kafka client of a failed start: %s", e)
 
     def _end_offsets(self, timeout_s: float) -> list[TopicPartition]:
         assert self._consumer is not None
@@ -167,15 +193,15 @@ class SearchClient:
         self._closing.set()
         if self._thread is not None:
             self._thread.join(10)
-        with self._lock:
-            waiting, self._waiting = self._waiting, {}
-        for request_id, w in waiting.items():
-            _settle(
-                w.future, exception=SearchError(f"client closed before reply to {request_id}", code="client_closed")
-            )
+        self._die("the client was closed")  # a no-op when the reader did it already
         if self._producer is not None:
             self._producer.flush(1)
             self._producer = None  # let librdkafka go now, not at garbage collection
+
+    @property
+    def dead(self) -> SearchError | None:
+        """Why this client can no longer search (closed, or its reply reader stopped), else None."""
+        return self._dead
 
     def __enter__(self) -> SearchClient:
         return self.start()
@@ -279,12 +305,16 @@ class SearchClient:
         """Send `value` unchecked, keyed by `request_id`, and wait for a reply carrying that id on
         this client's reply topic. For tools and protocol tests: anything may be sent."""
         producer = self._producer
+        if self._dead is not None:
+            raise self._dead_error()
         if producer is None or self._closing.is_set():
             raise RuntimeError("the SearchClient is not started (use it in a `with` block)")
         timeout = self._timeout(timeout)
         future: Future[SearchReply] = Future()
         expires = time.monotonic() + timeout
         with self._lock:
+            if self._dead is not None:  # the reader died meanwhile: nobody would settle the future
+                raise self._dead_error()
             if request_id in self._waiting:
                 raise ValueError(f"request id {request_id!r} is already waiting for its reply")
             self._waiting[request_id] = _Waiting(future, expires, timeout)
@@ -342,33 +372,76 @@ class SearchClient:
 
         return report
 
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (consumer and producer), served from their poll calls."""
+        if error.fatal():
+            if self._fatal is None:
+                self._fatal = error
+            return  # raised by the reply reader
+        log.warning("kafka client of the search client: %s", error)
+
+    def _broker_trouble(self, error: object) -> None:
+        """Raise on a fatal KafkaError; log anything else and pause (librdkafka reconnects meanwhile)."""
+        if isinstance(error, KafkaError) and error.fatal():
+            raise KafkaException(error)
+        log.warning("reading %s failed: %s", self.reply_topic, error)
+        self._closing.wait(_RETRY_PAUSE_S)
+
     def _read_replies(self) -> None:
         assert self._consumer is not None and self._producer is not None
         consumer, producer = self._consumer, self._producer
         next_check = time.monotonic()
+        cause, error = "the client was closed", None
         try:
             while not self._closing.is_set():
                 producer.poll(0)  # delivery reports of requests
                 try:
                     msg = consumer.poll(_EXPIRY_CHECK_S)
                 except KafkaException as e:
-                    log.warning("reading %s failed: %s", self.reply_topic, e)
+                    self._broker_trouble(e.args[0] if e.args else e)
                     msg = None
+                if self._fatal is not None:
+                    raise KafkaException(self._fatal)
                 if msg is not None:
                     self._on_reply(msg)
                 if time.monotonic() >= next_check:
                     self._expire()
                     next_check = time.monotonic() + _EXPIRY_CHECK_S
-        except Exception:
+        except BaseException as e:
+            cause, error = f"its reply reader stopped: {type(e).__name__}: {e}", e
             log.exception("the search client's reply reader died")
         finally:
-            consumer.close()
+            self._die(cause, error)
+            try:
+                consumer.close()
+            except Exception as e:
+                log.warning("closing the search client's reply reader failed: %s", e)
+
+    def _die(self, cause: str, error: BaseException | None = None) -> None:
+        """No reply can arrive any more: refuse new requests and fail the waiting ones, naming `cause`."""
+        with self._lock:
+            if self._dead is None:
+                self._dead = SearchError(
+                    f"the search client reading {self.reply_topic} cannot search: {cause}", code="client_closed"
+                )
+                self._dead.__cause__ = error
+            waiting, self._waiting = self._waiting, {}
+        for request_id, w in waiting.items():
+            _settle(w.future, exception=self._dead_error(f"no reply to search request {request_id}: "))
+
+    def _dead_error(self, before: str = "") -> SearchError:
+        """A fresh SearchError(client_closed) saying why this client is dead (one per raise)."""
+        dead = self._dead
+        assert dead is not None
+        failure = SearchError(before + dead.message, code="client_closed")
+        failure.__cause__ = dead.__cause__
+        return failure
 
     def _on_reply(self, msg: Message) -> None:
         error = msg.error()
         if error is not None:
             if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("error on reply topic %s: %s", self.reply_topic, error)
+                self._broker_trouble(error)
             return
         value = msg.value()
         if value is None:

@@ -14,21 +14,27 @@
   `unsupported_modality`, media codes, ...), `deadline_exceeded` when `deadline_ms` has passed when
   the request is picked up, and `internal_error` for anything unexpected (logged with traceback).
   A request that does not parse is still answered when its raw JSON (or the Kafka key) says who
-  asked: `reply_to` and `request_id` are read from it leniently. One whose `reply_to` is not a
-  usable topic name cannot be answered: it is logged and counted (xmodal_search_unroutable_total).
+  asked: `reply_to` and `request_id` are read from it leniently.
+- Replies go only to topics under `<prefix>.` that are not the media, DLQ or request topic
+  (routing.py): a requester must not make the service write anywhere else. A request whose
+  `reply_to` breaks that rule, or is no topic name at all, cannot be answered: it is logged and
+  counted (xmodal_search_unroutable_total).
 - A new group starts at the earliest offset, so requests sent while the first instance joins are
   served; an old backlog costs little, since stale requests carry a passed `deadline_ms`.
 - Offsets are auto-committed: requests are served at most once as far as a client can tell. A
   crash loses the requests in flight (their clients time out and may retry); a request whose offset
   was not yet committed may be served again after a restart, and clients drop the duplicate reply.
   Stale redeliveries cost little: SearchClient sets `deadline_ms`, so they get `deadline_exceeded`.
+- Broker errors: a retriable one (broker down, a failed fetch) is logged and polling goes on after
+  a pause (librdkafka reconnects by itself); a fatal one (authorization, a fenced producer, from
+  the consumer, the producer or their error callbacks) ends the poll loop. Whenever the poll loop
+  ends other than by `stop()`, `crashed` says why and the process host should stop the service.
 - `start()`/`stop()` run everything in background threads; signals belong to the caller (the CLI).
 """
 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 import time
 from collections.abc import Callable
@@ -41,32 +47,30 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, SchemaError, XmodalError
 from xmodal.metrics import SEARCH_ERRORS, SEARCH_REQUESTS, STAGE_SECONDS, UNROUTABLE_REQUESTS
+from xmodal.query_api.routing import reply_topic_refusal
 from xmodal.query_api.searcher import Searcher
 from xmodal.schema import ErrorInfo, SearchReply, dump, parse_search_request
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config
 
-__all__ = ["QueryService", "salvage_route", "usable_topic"]
+__all__ = ["QueryService", "salvage_route"]
 
 log = logging.getLogger(__name__)
 
-_TOPIC_NAME = re.compile(r"^[A-Za-z0-9._-]{1,249}$")  # Kafka's own rule
 # A reply nobody waits for any more is worth nothing: give up on delivering it after this.
 REPLY_DELIVERY_TIMEOUT_MS = 30_000
 # Echoed ids of unparseable requests are capped: the id may be why the request was refused.
 MAX_ECHOED_ID = 1024
+# Pause of the poll loop after a retriable broker error, so a broker that is down costs a warning
+# every half second, not a busy loop; librdkafka reconnects meanwhile.
+RETRY_PAUSE_S = 0.5
 
 
-def usable_topic(name: object) -> bool:
-    """True if `name` is a legal Kafka topic name (`.` and `..` are reserved)."""
-    return isinstance(name, str) and bool(_TOPIC_NAME.match(name)) and name not in (".", "..")
+def salvage_route(value: bytes | None, key: bytes | None, settings: Settings) -> tuple[str | None, str, str | None]:
+    """(reply topic, request id, refusal) for a request that did not parse, read leniently from its bytes.
 
-
-def salvage_route(value: bytes | None, key: bytes | None, default_topic: str) -> tuple[str | None, str]:
-    """(reply topic, request id) for a request that did not parse, read leniently from its bytes.
-
-    The topic is `reply_to` when the raw JSON has one, the default when it has none or is not JSON,
-    and None when it has one that is not a usable topic name (the request cannot be answered).
-    The id is the raw JSON's `request_id`, else the record key, else "".
+    The topic is `reply_to` when the raw JSON has one, `settings.replies_topic` when it has none or
+    is not JSON, and None when it has one the service does not answer on (routing.py); the refusal
+    then says why. The id is the raw JSON's `request_id`, else the record key, else "".
     """
     raw: Any = None
     if value is not None:
@@ -84,8 +88,9 @@ def salvage_route(value: bytes | None, key: bytes | None, default_topic: str) ->
         request_id = key.decode("utf-8", errors="replace")
     request_id = request_id[:MAX_ECHOED_ID]
     if reply_to is None:
-        return default_topic, request_id
-    return (reply_to if usable_topic(reply_to) else None), request_id  # type: ignore[return-value]
+        return settings.replies_topic, request_id, None
+    refusal = reply_topic_refusal(reply_to, settings)
+    return (None if refusal else reply_to), request_id, refusal  # type: ignore[return-value]
 
 
 class QueryService:
@@ -108,50 +113,79 @@ class QueryService:
         self._pool: ThreadPoolExecutor | None = None
         self._thread: threading.Thread | None = None
         self._crash: BaseException | None = None
+        self._fatal: KafkaError | None = None  # a fatal error reported by a client's error callback
 
     # -- lifecycle ------------------------------------------------------------------------------
 
     def start(self, timeout_s: float = 30.0) -> None:
         """Create the topics if missing, join the group and return once partitions are assigned,
         so that requests produced from now on are served (a new group starts at the earliest
-        offset, so even requests produced during the join are)."""
+        offset, so even requests produced during the join are). On failure nothing is left behind."""
         if self._thread is not None:
             raise RuntimeError("QueryService.start() was already called")
         settings = self._settings
         ensure_topics(settings, self._bootstrap, [settings.requests_topic, settings.replies_topic])
-        self._producer = Producer(
-            producer_config(
-                settings,
-                self._bootstrap,
-                **{"linger.ms": 0, "message.timeout.ms": REPLY_DELIVERY_TIMEOUT_MS},
+        try:
+            self._producer = Producer(
+                producer_config(
+                    settings,
+                    self._bootstrap,
+                    **{
+                        "linger.ms": 0,
+                        "message.timeout.ms": REPLY_DELIVERY_TIMEOUT_MS,
+                        "error_cb": self._on_client_error,
+                    },
+                )
             )
-        )
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                self._bootstrap,
-                **{
-                    "group.id": self._group,
-                    "enable.auto.commit": True,
-                    "auto.offset.reset": "earliest",
-                },
+            self._consumer = Consumer(
+                consumer_config(
+                    settings,
+                    self._bootstrap,
+                    **{
+                        "group.id": self._group,
+                        "enable.auto.commit": True,
+                        "auto.offset.reset": "earliest",
+                        "error_cb": self._on_client_error,
+                    },
+                )
             )
-        )
-        self._consumer.subscribe([settings.requests_topic], on_assign=self._on_assign)
-        self._pool = ThreadPoolExecutor(settings.query_concurrency, thread_name_prefix="xmodal-query")
-        self._thread = threading.Thread(target=self._poll_loop, name="xmodal-query-poll", daemon=True)
-        self._thread.start()
-        if not self._assigned.wait(timeout_s):
-            self.stop()
-            raise BrokerError(
-                f"the query service did not join group {self._group} on {self._bootstrap} within {timeout_s:.0f} s"
-            )
+            self._consumer.subscribe([settings.requests_topic], on_assign=self._on_assign)
+            self._pool = ThreadPoolExecutor(settings.query_concurrency, thread_name_prefix="xmodal-query")
+            thread = threading.Thread(target=self._poll_loop, name="xmodal-query-poll", daemon=True)
+            thread.start()
+        except BaseException:
+            self._discard()
+            raise
+        self._thread = thread  # from here on, the poll thread owns (and closes) the consumer
+        deadline = time.monotonic() + timeout_s
+        while not self._assigned.wait(min(0.1, max(deadline - time.monotonic(), 0))):
+            crash = self._crash
+            if crash is not None or time.monotonic() >= deadline:
+                self.stop()
+                why = f"its poll loop died: {crash}" if crash is not None else f"within {timeout_s:.0f} s"
+                raise BrokerError(
+                    f"the query service did not join group {self._group} on {self._bootstrap}: {why}"
+                ) from crash
         log.info(
             "query service serving %s (group %s, %d at once)",
             settings.requests_topic,
             self._group,
             settings.query_concurrency,
         )
+
+    def _discard(self) -> None:
+        """Let go of what a failed start() made; the poll thread never ran."""
+        consumer, self._consumer = self._consumer, None
+        producer, self._producer = self._producer, None
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.shutdown(wait=False)
+        for client in (consumer, producer):
+            if client is not None:
+                try:
+                    client.close()  # nothing was produced yet: returns at once
+                except Exception as e:  # already failing: the first error is the one to raise
+                    log.debug("closing a Kafka client of a failed start: %s", e)
 
     def stop(self, timeout_s: float = 30.0) -> None:
         """Stop polling, finish the requests in flight, deliver their replies, leave the group."""
@@ -172,7 +206,8 @@ class QueryService:
 
     @property
     def crashed(self) -> BaseException | None:
-        """Why the poll loop died (a broker failure, never a request), else None."""
+        """Why the poll loop ended other than by stop() (a fatal broker error, never a request),
+        else None. Once set, the service serves nothing more: the host should stop() it."""
         return self._crash
 
     def __enter__(self) -> QueryService:
@@ -188,6 +223,21 @@ class QueryService:
         log.debug("query service assigned %s", [p.partition for p in partitions])
         self._assigned.set()
 
+    def _on_client_error(self, error: KafkaError) -> None:
+        """librdkafka's error callback (consumer and producer), served from their poll calls."""
+        if error.fatal():
+            if self._fatal is None:
+                self._fatal = error
+            return  # raised by the poll loop
+        log.warning("kafka client of the query service: %s", error)
+
+    def _broker_trouble(self, error: object, what: str) -> None:
+        """Raise on a fatal KafkaError; log anything else and pause before the next poll."""
+        if isinstance(error, KafkaError) and error.fatal():
+            raise KafkaException(error)
+        log.warning("%s %s failed: %s; retrying in %.1f s", what, self._settings.requests_topic, error, RETRY_PAUSE_S)
+        self._stopping.wait(RETRY_PAUSE_S)
+
     def _poll_loop(self) -> None:
         assert self._consumer is not None and self._producer is not None and self._pool is not None
         consumer, producer, pool = self._consumer, self._producer, self._pool
@@ -197,14 +247,16 @@ class QueryService:
                 try:
                     msg = consumer.poll(0.05)
                 except KafkaException as e:
-                    log.warning("polling %s failed: %s", self._settings.requests_topic, e)
+                    self._broker_trouble(e.args[0] if e.args else e, "polling")
                     continue
+                if self._fatal is not None:
+                    raise KafkaException(self._fatal)
                 if msg is None:
                     continue
                 error = msg.error()
                 if error is not None:
                     if error.code() != KafkaError._PARTITION_EOF:
-                        log.warning("consumer error on %s: %s", self._settings.requests_topic, error)
+                        self._broker_trouble(error, "consuming")
                     continue
                 if not self._take_slot():
                     break
@@ -213,52 +265,69 @@ class QueryService:
             self._crash = e
             log.exception("the query service poll loop died")
         finally:
-            consumer.close()  # commits what was polled and leaves the group at once
+            try:
+                consumer.close()  # commits what was polled and leaves the group at once
+            except BaseException as e:
+                log.warning("closing the query service's consumer failed: %s", e)
+                if self._crash is None and not self._stopping.is_set():
+                    self._crash = e
+            if self._crash is None and not self._stopping.is_set():
+                self._crash = RuntimeError("the query service poll loop ended without being stopped")
 
     def _take_slot(self) -> bool:
         """Wait for a free slot (backpressure); False if stopping."""
+        if self._slots.acquire(blocking=False):
+            return True
+        self._slots_full()
         while not self._slots.acquire(timeout=0.1):
             if self._stopping.is_set():
                 return False
         return True
+
+    def _slots_full(self) -> None:
+        """The poll thread holds a request and waits for a slot: the rest wait in Kafka."""
+        log.debug("all %d query slots are busy; requests wait in Kafka", self._settings.query_concurrency)
 
     # -- worker threads -------------------------------------------------------------------------
 
     def _serve(self, msg: Message) -> None:
         start = time.perf_counter()
         try:
-            topic, reply = self._answer(msg.key(), msg.value(), start)
-            self._send(topic, reply, msg)
+            topic, reply, refusal = self._answer(msg.key(), msg.value(), start)
+            self._send(topic, reply, msg, refusal)
         except Exception:  # never let one request take a worker down with it
             log.exception("serving the request at %s[%s]@%s failed", msg.topic(), msg.partition(), msg.offset())
         finally:
             STAGE_SECONDS.labels("request").observe(time.perf_counter() - start)
             self._slots.release()
 
-    def _answer(self, key: bytes | None, value: bytes | None, start: float) -> tuple[str | None, SearchReply]:
-        default_topic = self._settings.replies_topic
+    def _answer(
+        self, key: bytes | None, value: bytes | None, start: float
+    ) -> tuple[str | None, SearchReply, str | None]:
+        """(reply topic, reply, refusal): no topic, and the refusal, when the request cannot be answered."""
         try:
             request = parse_search_request(value)
         except SchemaError as e:
-            topic, request_id = salvage_route(value, key, default_topic)
-            return topic, self._error_reply(request_id, e.code, e.message, start)
-        # The schema's pattern lets "." and ".." through; Kafka reserves them.
-        topic = request.reply_to if usable_topic(request.reply_to) else None if request.reply_to else default_topic
+            topic, request_id, refusal = salvage_route(value, key, self._settings)
+            return topic, self._error_reply(request_id, e.code, e.message, start), refusal
+        reply_topic = request.reply_to or self._settings.replies_topic
+        refused = reply_topic_refusal(reply_topic, self._settings) if request.reply_to is not None else None
+        if refused is not None:  # nobody could read the hits: do not search
+            return None, self._error_reply(request.request_id, "invalid_field", refused, start), refused
         try:
             if request.deadline_ms is not None and time.time() * 1000 > request.deadline_ms:
                 late = time.time() * 1000 - request.deadline_ms
-                return topic, self._error_reply(
-                    request.request_id, "deadline_exceeded", f"picked up {late:.0f} ms after its deadline_ms", start
-                )
+                message = f"picked up {late:.0f} ms after its deadline_ms"
+                return reply_topic, self._error_reply(request.request_id, "deadline_exceeded", message, start), None
             hits = self._searcher.search(request)
         except XmodalError as e:
-            return topic, self._error_reply(request.request_id, e.code, e.message, start)
+            return reply_topic, self._error_reply(request.request_id, e.code, e.message, start), None
         except Exception as e:
             log.exception("search request %r failed unexpectedly", request.request_id)
             message = f"the service failed on this request ({type(e).__name__}); see its log"
-            return topic, self._error_reply(request.request_id, "internal_error", message, start)
+            return reply_topic, self._error_reply(request.request_id, "internal_error", message, start), None
         took_ms = (time.perf_counter() - start) * 1000
-        return topic, SearchReply(request_id=request.request_id, ok=True, took_ms=took_ms, hits=hits)
+        return reply_topic, SearchReply(request_id=request.request_id, ok=True, took_ms=took_ms, hits=hits), None
 
     @staticmethod
     def _error_reply(request_id: str, code: str, message: str, start: float) -> SearchReply:
@@ -268,11 +337,11 @@ class QueryService:
             request_id=request_id, ok=False, took_ms=took_ms, error=ErrorInfo(code=code, message=message)
         )
 
-    def _send(self, topic: str | None, reply: SearchReply, msg: Message) -> None:
-        where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+    def _send(self, topic: str | None, reply: SearchReply, msg: Message, refusal: str | None = None) -> None:
         if topic is None:
             UNROUTABLE_REQUESTS.inc()
-            log.warning("search request %r at %s has no usable reply_to; not answered", reply.request_id, where)
+            where = f"{msg.topic()}[{msg.partition()}]@{msg.offset()}"
+            log.warning("search request %r at %s not answered: reply_to %s", reply.request_id, where, refusal)
             return
         SEARCH_REQUESTS.labels("true" if reply.ok else "false").inc()
         if reply.error is not None:
