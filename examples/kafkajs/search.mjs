@@ -17,7 +17,7 @@ const timeoutMs = 1000 * Number(process.env.XMODAL_SEARCH_TIMEOUT_S ?? 10);
 const [text = "a red circle", k = "5", modalities] = process.argv.slice(2);
 
 const requestsTopic = `${prefix}.search.requests`;
-const replyTopic = `${prefix}.search.replies`; // any topic works: the service answers on reply_to
+const replyTopic = `${prefix}.search.replies`; // the service answers on reply_to: any topic under `${prefix}.` but the media, DLQ and requests topics
 const requestId = randomUUID();
 
 const kafka = new Kafka({ clientId: "xmodal-kafkajs-example", brokers: bootstrap.split(","), logLevel: logLevel.WARN });

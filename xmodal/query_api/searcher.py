@@ -10,9 +10,7 @@ reply: `unknown_space` (SchemaError), `unsupported_modality` (EncodeError), the 
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -21,20 +19,11 @@ from xmodal.encoders.base import Encoder, Modality, SerializedEncoder, Vectors
 from xmodal.encoders.media import MediaLimits, load_media
 from xmodal.errors import EncodeError, SchemaError, XmodalError
 from xmodal.indexer.base import Hit, VectorIndex
-from xmodal.metrics import STAGE_SECONDS
+from xmodal.metrics import timed
 from xmodal.query_api.fusion import fuse
 from xmodal.schema import Query, SearchHit, SearchRequest
 
 __all__ = ["Searcher"]
-
-
-@contextmanager
-def timed(stage: str) -> Iterator[None]:
-    start = time.perf_counter()
-    try:
-        yield
-    finally:
-        STAGE_SECONDS.labels(stage).observe(time.perf_counter() - start)
 
 
 class Searcher:
