@@ -8,8 +8,8 @@ shape (circle, square, triangle, star, cross, ring, diamond, heart) in a colour 
 yellow, green, blue, purple, pink, brown), small/medium/large, at random non-overlapping positions,
 on a white, black or gray background.
 
-Sounds (1-2 s, 16 kHz mono): one to three notes of a tone (sine, triangle, square, sawtooth, bell)
-in a register (very low ... very high, octaves around 110-1760 Hz) that is steady, rising or
+Sounds (1-2 s, 16 kHz mono): one to three notes of a tone (sine, organ, square, sawtooth, bell)
+in a register (very low ... very high, 100 Hz-1.1 kHz) that is steady, rising or
 falling, or one to three bursts of white, pink or brown noise; quiet or loud.
 
 Held-out split: some (shape, colour) and (timbre, pitch) pairs never appear in `train` or `seen`.
@@ -88,7 +88,11 @@ SIZES = ("small", "medium", "large")
 COUNTS = (1, 2, 3)
 BACKGROUNDS = ("white", "black", "gray")
 
-TIMBRES = ("sine", "triangle", "square", "sawtooth", "bell")
+# Timbres are told apart by cues that survive every register: one partial (sine), octave partials
+# (organ), odd harmonics (square), all harmonics (sawtooth), inharmonic decaying partials (bell).
+# (A triangle wave was tried and dropped: its only difference from a square wave is how fast the
+# odd harmonics fall off, which the band limit and the log-frequency axis blur at the extremes.)
+TIMBRES = ("sine", "organ", "square", "sawtooth", "bell")
 NOISES = ("white noise", "pink noise", "brown noise")
 SOURCES = TIMBRES + NOISES
 PITCHES = ("very low", "low", "medium", "high", "very high")
@@ -135,8 +139,10 @@ _BACKGROUND_SV: dict[str, tuple[tuple[float, float], tuple[float, float]]] = {
 _RADIUS = {"small": (5.0, 7.0), "medium": (9.0, 12.0), "large": (15.0, 19.0)}
 _LARGE_RADIUS_PAIR = (14.0, 15.5)
 
-# Registers: octaves around A2..A6; the register of a glide is its geometric centre.
-_PITCH_HZ = {"very low": 110.0, "low": 220.0, "medium": 440.0, "high": 880.0, "very high": 1760.0}
+# Registers: 100 Hz to 1.1 kHz in equal steps of 10.4 semitones (jittered by up to 2 either way);
+# the register of a glide is its geometric centre. The top stays low enough that a tone keeps
+# several harmonics below 8 kHz (16 kHz audio), so every timbre is audible in every register.
+_PITCH_HZ = {"very low": 100.0, "low": 182.0, "medium": 332.0, "high": 604.0, "very high": 1100.0}
 _PEAK = {"quiet": (0.03, 0.08), "loud": (0.45, 0.9)}
 
 
@@ -390,9 +396,8 @@ def _harmonics(timbre: str) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
         return odd, 1.0 / odd
     if timbre == "sawtooth":
         return k, 1.0 / k
-    if timbre == "triangle":
-        odd = k[k % 2 == 1]
-        return odd, ((-1.0) ** ((odd - 1) / 2)) / odd**2
+    if timbre == "organ":  # a pipe organ's octave ranks: 8', 4', 2', 1'
+        return np.array([1.0, 2.0, 4.0, 8.0]), np.array([1.0, 0.7, 0.5, 0.35])
     if timbre == "bell":
         return np.array([1.0, 2.0, 2.76, 4.07, 5.40]), np.array([1.0, 0.6, 0.5, 0.3, 0.25])
     raise ValueError(timbre)
@@ -609,14 +614,14 @@ def _image_caption(attrs: Mapping[str, Any], rng: np.random.Generator, mention: 
 
 _TIMBRE_ADJ = {
     "sine": ["pure", "smooth", "sine-wave", "clean"],
-    "triangle": ["mellow", "flute-like", "triangle-wave"],
+    "organ": ["organ-like", "pipe-organ", "churchy"],
     "square": ["hollow", "square-wave", "reedy"],
     "sawtooth": ["buzzy", "harsh", "sawtooth", "brassy"],
     "bell": ["bell-like", "ringing", "chiming"],
 }
 _TIMBRE_NOUNS = {
     "sine": [("sine wave", "sine waves"), ("pure tone", "pure tones"), ("whistle", "whistles")],
-    "triangle": [("triangle wave", "triangle waves"), ("flute note", "flute notes")],
+    "organ": [("organ note", "organ notes"), ("organ tone", "organ tones")],
     "square": [("square wave", "square waves"), ("square-wave beep", "square-wave beeps")],
     "sawtooth": [("sawtooth wave", "sawtooth waves"), ("buzz", "buzzes")],
     "bell": [("bell", "bells"), ("chime", "chimes"), ("ding", "dings")],
