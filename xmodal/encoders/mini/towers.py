@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -340,6 +341,7 @@ def save_tower(tower: Tower, path: str | Path, extra: dict[str, str] | None = No
     state = {k: v.detach().float().contiguous().cpu() for k, v in tower.state_dict().items() if v.is_floating_point()}
     state.update({k: v.detach().contiguous().cpu() for k, v in tower.state_dict().items() if not v.is_floating_point()})
     save_file(state, str(path), metadata=metadata)
+    os.chmod(path, 0o644)  # package data: readable by everyone who installs it
 
 
 def load_tower(path: str | Path, device: str | torch.device = "cpu") -> Tower:

@@ -13,7 +13,8 @@ What one run of a tower does:
    item against the whole caption bank, text->image ranks each batch caption against the batch.
 4. Budget: without `--steps`, the step count is fixed after timing the first steps so that the
    run, evaluation included, ends within `--minutes` (the tower's cosine schedule then completes);
-   the JSON records it and `--steps N --seed S` repeats a run exactly (same machine and threads).
+   the JSON records it and `repeat_with` (`--steps N --seed S`, plus `--stop-at K` when a busier
+   machine cut the run at the budget) repeats a run exactly (same machine and thread count).
 5. Report: held-out combinations (all directions, R@k/P@k against chance) and foreign-made media
    hit@1 (evaluate.py), printed and written with the run's configuration next to the checkpoint.
 
@@ -67,6 +68,7 @@ class TrainConfig:
     minutes: float = 9.0
     seed: int = 0
     steps: int | None = None
+    stop_at: int | None = None  # end after this many steps of a `steps`-long schedule (repeats a run cut by its budget)
     batch: int = 128
     lr: float = 3e-3
     weight_decay: float = 0.05
@@ -341,12 +343,13 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
     losses: list[float] = []
     t_train = time.monotonic()
     stopped_early = False
-    while total is None or step < total:
+    while (total is None or step < total) and (cfg.stop_at is None or step < cfg.stop_at):
         if total is None and step == calibrate_at[0]:
             t_cal = time.monotonic()
         if total is None and step == calibrate_at[1]:
             per_step = (time.monotonic() - t_cal) / (calibrate_at[1] - calibrate_at[0])
-            total = max(step + 1, int((deadline - time.monotonic() - reserve) / per_step) + step)
+            # 5% spare: logging and a neighbour's load make later steps a little slower than these
+            total = max(step + 1, int(0.95 * (deadline - time.monotonic() - reserve) / per_step) + step)
             log(f"[{modality}] {per_step * 1000:.0f} ms/step -> {total} steps within {cfg.minutes:g} min")
         if cfg.steps is None and step > calibrate_at[1] and time.monotonic() > deadline - reserve:
             log(f"[{modality}] WARNING: time budget reached at step {step} of {total} (machine busier than at calibration)")
@@ -415,7 +418,9 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
         "train_config": asdict(cfg),
         "tower_config": tower.config.to_dict(),
         "steps": step,
+        "schedule_steps": total,
         "stopped_early": stopped_early,
+        "repeat_with": f"--modality {modality} --seed {cfg.seed} --steps {total}" + (f" --stop-at {step}" if step != total else ""),
         "logit_scale": float(log_scale.clamp(max=math.log(LOGIT_SCALE_MAX)).exp()),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "attributes": list(corpus.ATTRIBUTES[modality]),
@@ -443,6 +448,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="directory for <modality>.safetensors/.json")
     p.add_argument("--steps", type=int, default=None, help="fixed step count (repeats a run); default: fit --minutes")
+    p.add_argument("--stop-at", type=int, default=None, help="end after this many of the --steps (a run cut short by its budget)")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -461,6 +467,7 @@ def main(argv: list[str] | None = None) -> int:
     for modality in modalities:
         cfg = TrainConfig.defaults(modality)
         cfg.minutes, cfg.seed, cfg.steps, cfg.threads = args.minutes, args.seed, args.steps, args.threads
+        cfg.stop_at = args.stop_at
         cfg.bf16, cfg.device = not args.no_bf16, args.device
         for name in ("batch", "lr", "pool", "captions_per_combo", "eval_n"):
             if getattr(args, name) is not None:
