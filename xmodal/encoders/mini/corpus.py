@@ -42,13 +42,13 @@ __all__ = [
     "AUDIO_ATTRIBUTES",
     "BACKGROUNDS",
     "COLOURS",
+    "CONTOURS",
     "COUNTS",
     "IMAGE_ATTRIBUTES",
     "IMAGE_SIZE",
     "LOUDNESS",
     "NOISES",
     "PITCHES",
-    "CONTOURS",
     "SAMPLE_RATE",
     "SHAPES",
     "SIZES",
@@ -316,7 +316,20 @@ def _polygon(kind: str, r: float, angle: float) -> list[tuple[float, float]]:
         pts = [(0.0, -r), (0.62 * r, 0.0), (0.0, r), (-0.62 * r, 0.0)]
     elif kind == "cross":
         a, t = r, 0.34 * r
-        pts = [(-t, -a), (t, -a), (t, -t), (a, -t), (a, t), (t, t), (t, a), (-t, a), (-t, t), (-a, t), (-a, -t), (-t, -t)]
+        pts = [
+            (-t, -a),
+            (t, -a),
+            (t, -t),
+            (a, -t),
+            (a, t),
+            (t, t),
+            (t, a),
+            (-t, a),
+            (-t, t),
+            (-a, t),
+            (-a, -t),
+            (-t, -t),
+        ]
     else:
         raise ValueError(kind)
     return _rotate(pts, angle)
@@ -588,7 +601,11 @@ def _image_caption(attrs: Mapping[str, Any], rng: np.random.Generator, mention: 
     style = rng.integers(9)
     if style == 0 and (colour or size):
         # "one disc, crimson and little"
-        props = " and ".join(w for w in (colour, size) if w) if rng.random() < 0.5 else ", ".join(w for w in (size, colour) if w)
+        props = (
+            " and ".join(w for w in (colour, size) if w)
+            if rng.random() < 0.5
+            else ", ".join(w for w in (size, colour) if w)
+        )
         text = f"{number} {noun}, {props} {bg_phrase}"
     elif style == 1 and colour:
         text = f"{number} {size} {noun} in {colour} {bg_phrase}"
@@ -645,9 +662,17 @@ _CONTOUR_CLAUSE = {
     "falling": ["that falls", "sweeping down", "going down in pitch", "gliding downward"],
 }
 _NOISE_NOUNS = {
-    "white noise": [("white noise", "bursts of white noise"), ("hiss", "hisses"), ("burst of static", "bursts of static")],
+    "white noise": [
+        ("white noise", "bursts of white noise"),
+        ("hiss", "hisses"),
+        ("burst of static", "bursts of static"),
+    ],
     "pink noise": [("pink noise", "bursts of pink noise"), ("rushing noise", "bursts of rushing noise")],
-    "brown noise": [("brown noise", "bursts of brown noise"), ("rumble", "rumbles"), ("rumbling noise", "bursts of rumbling noise")],
+    "brown noise": [
+        ("brown noise", "bursts of brown noise"),
+        ("rumble", "rumbles"),
+        ("rumbling noise", "bursts of rumbling noise"),
+    ],
 }
 _LOUD_WORDS = {"quiet": ["quiet", "faint", "soft"], "loud": ["loud", "strong", "powerful"]}
 _TIMES = {1: ["once"], 2: ["twice", "two times"], 3: ["three times", "3 times"]}

@@ -12,7 +12,7 @@ relevant; chance: the same expectations for a random ranking.
 
 Foreign media: shapes rasterised here with numpy masks (no antialiasing, no PIL drawing, other
 proportions, several canvas sizes) in plain web colours on white, and tones/noise written with
-numpy at 22.05-48 kHz and 0.4-3 s; each is queried by a short caption ("a red circle", "a low
+numpy at 16-48 kHz and 0.56-3 s; each is queried by a short caption ("a red circle", "a low
 beep") and hit@1 is the share of queries whose own item ranks first among all of them.
 """
 

@@ -44,12 +44,12 @@ __all__ = [
     "audio_batch",
     "build_tower",
     "encode_with",
-    "load_tower",
-    "save_tower",
     "fit_samples",
     "image_batch",
+    "load_tower",
     "preprocess_audio",
     "preprocess_image",
+    "save_tower",
 ]
 
 IMAGE_INPUT = 64
@@ -197,7 +197,7 @@ class AudioTowerConfig:
     def bins(self) -> int:
         if self.frequency == "linear":
             return self.n_fft // 2
-        return int(math.floor(self.bins_per_octave * math.log2(self.f_max / self.f_min))) + 1
+        return math.floor(self.bins_per_octave * math.log2(self.f_max / self.f_min)) + 1
 
 
 def log_frequency_matrix(config: AudioTowerConfig, rate: int = AUDIO_RATE) -> torch.Tensor:
@@ -270,7 +270,7 @@ class AudioTower(nn.Module):
     def pooled(self, wave: torch.Tensor) -> dict[str, torch.Tensor]:
         """{"bands": where-features, "global": features pooled over frequency, "all": both}."""
         h = self.features(self.frontend(wave))
-        n, c, f, t = h.shape
+        n, _, f, t = h.shape
         s = self.squeeze(h)
         b = self.bands(s.reshape(n, s.shape[1] * f, t))
         parts = {"bands": torch.cat([b.mean(dim=2), b.amax(dim=2)], dim=1)}

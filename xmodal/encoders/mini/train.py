@@ -91,8 +91,13 @@ class TrainConfig:
         # pitch is read where it is (frequency bands); everything else from features pooled over
         # frequency, which a pitch shift (a translation on the log-frequency axis) leaves alone
         inputs = ["bands" if name == "pitch" else "global" for name in corpus.AUDIO_ATTRIBUTES]
-        tower = {"heads": heads, "head_inputs": inputs, "bins_per_octave": 12, "band_channels": 8,
-                 "pools": [[2, 1], [2, 2], [2, 2], [1, 1]]}
+        tower = {
+            "heads": heads,
+            "head_inputs": inputs,
+            "bins_per_octave": 12,
+            "band_channels": 8,
+            "pools": [[2, 1], [2, 2], [2, 2], [1, 1]],
+        }
         return TrainConfig(modality, batch=64, pool=6000, captions_per_combo=40, tower=tower)
 
 
@@ -111,7 +116,9 @@ def training_combos(modality: Modality) -> list[dict[str, Any]]:
                 for count in corpus.COUNTS:
                     for size in corpus.SIZES[:2] if count == 3 else corpus.SIZES:
                         for bg in corpus.BACKGROUNDS:
-                            out.append({"shape": shape, "colour": colour, "size": size, "count": count, "background": bg})
+                            out.append(
+                                {"shape": shape, "colour": colour, "size": size, "count": count, "background": bg}
+                            )
         return out
     for source in corpus.SOURCES:
         pitches: tuple[Any, ...] = corpus.PITCHES if source in corpus.TIMBRES else (None,)
@@ -123,7 +130,13 @@ def training_combos(modality: Modality) -> list[dict[str, Any]]:
                 for reps in corpus.REPETITIONS:
                     for loud in corpus.LOUDNESS:
                         out.append(
-                            {"source": source, "pitch": pitch, "contour": contour, "repetitions": reps, "loudness": loud}
+                            {
+                                "source": source,
+                                "pitch": pitch,
+                                "contour": contour,
+                                "repetitions": reps,
+                                "loudness": loud,
+                            }
                         )
     return out
 
@@ -307,7 +320,9 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
     t0 = time.monotonic()
     bank.embeddings = torch.from_numpy(embed_texts(text, bank.texts)).to(dev)
     t_embed = time.monotonic() - t0
-    log(f"[{modality}] {len(combos)} training combinations, {len(bank.texts)} unique captions embedded in {t_embed:.1f}s")
+    log(
+        f"[{modality}] {len(combos)} training combinations, {len(bank.texts)} unique captions embedded in {t_embed:.1f}s"
+    )
     t0 = time.monotonic()
     pool = build_pool(modality, cfg.pool, cfg.seed, combos)
     log(f"[{modality}] pool of {cfg.pool} items rendered in {time.monotonic() - t0:.1f}s")
@@ -352,7 +367,9 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
             total = max(step + 1, int(0.95 * (deadline - time.monotonic() - reserve) / per_step) + step)
             log(f"[{modality}] {per_step * 1000:.0f} ms/step -> {total} steps within {cfg.minutes:g} min")
         if cfg.steps is None and step > calibrate_at[1] and time.monotonic() > deadline - reserve:
-            log(f"[{modality}] WARNING: time budget reached at step {step} of {total} (machine busier than at calibration)")
+            log(
+                f"[{modality}] WARNING: time budget reached at step {step} of {total} (machine busier than at calibration)"
+            )
             stopped_early = True
             break
         lr = _lr_at(step, total or 10**9, cfg)
@@ -420,14 +437,20 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
         "steps": step,
         "schedule_steps": total,
         "stopped_early": stopped_early,
-        "repeat_with": f"--modality {modality} --seed {cfg.seed} --steps {total}" + (f" --stop-at {step}" if step != total else ""),
+        "repeat_with": f"--modality {modality} --seed {cfg.seed} --steps {total}"
+        + (f" --stop-at {step}" if step != total else ""),
         "logit_scale": float(log_scale.clamp(max=math.log(LOGIT_SCALE_MAX)).exp()),
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "attributes": list(corpus.ATTRIBUTES[modality]),
         "training_combinations": len(combos),
         "unique_captions": len(bank.texts),
         "heldout_pairs": sorted(list(p) for p in corpus.heldout_pairs(modality)),
-        "seconds": {"total": round(elapsed, 1), "caption_embedding": round(t_embed, 1), "loop": round(t_loop, 1), "eval": round(t_eval, 1)},
+        "seconds": {
+            "total": round(elapsed, 1),
+            "caption_embedding": round(t_embed, 1),
+            "loop": round(t_loop, 1),
+            "eval": round(t_eval, 1),
+        },
         "machine": info,
         "metrics": {
             "heldout": {k: v.to_dict() for k, v in heldout.items()},
@@ -448,7 +471,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="directory for <modality>.safetensors/.json")
     p.add_argument("--steps", type=int, default=None, help="fixed step count (repeats a run); default: fit --minutes")
-    p.add_argument("--stop-at", type=int, default=None, help="end after this many of the --steps (a run cut short by its budget)")
+    p.add_argument(
+        "--stop-at", type=int, default=None, help="end after this many of the --steps (a run cut short by its budget)"
+    )
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--batch", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
@@ -457,7 +482,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--eval-n", type=int, default=None, help="held-out items in the evaluation gallery (as many seen)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
     p.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default on CPU)")
-    p.add_argument("--tower", type=json.loads, default=None, help='tower config overrides as JSON, e.g. \'{"widths": [32, 64, 128]}\'')
+    p.add_argument(
+        "--tower",
+        type=json.loads,
+        default=None,
+        help="tower config overrides as JSON, e.g. '{\"widths\": [32, 64, 128]}'",
+    )
     args = p.parse_args(argv)
 
     torch.set_num_threads(args.threads)
