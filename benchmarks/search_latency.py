@@ -30,10 +30,8 @@ import numpy as np
 import torch
 
 from xmodal.config import Settings, load_settings
-from xmodal.encoders.base import Modality, Vectors, Waveform
 from xmodal.encoders.media import MediaLimits
-from xmodal.encoders.mini.text import MINILM_DIM, MiniLMText
-from xmodal.errors import EncodeError
+from xmodal.encoders.mini import MiniSpace  # the shipped space: text queries use its MiniLM tower
 from xmodal.indexer import EdgeIndex, IndexPoint, QdrantIndex, VectorIndex
 from xmodal.query_api import QueryService, SearchClient, Searcher, hits_or_raise
 from xmodal.schema import SearchReply
@@ -55,29 +53,6 @@ QUERIES = [
 ]
 
 
-class MiniTextSpace:
-    """The mini space's text tower as a space: text searches need nothing else."""
-
-    name = "mini"
-    dim = MINILM_DIM
-    modalities: frozenset[Modality] = frozenset({"text"})
-
-    def __init__(self) -> None:
-        self._text = MiniLMText()
-
-    def load(self) -> None:
-        self._text.load()
-
-    def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        return self._text.encode(texts)
-
-    def encode_images(self, images: Sequence[object]) -> Vectors:
-        raise EncodeError("text only", code="unsupported_modality")
-
-    def encode_audio(self, clips: Sequence[Waveform]) -> Vectors:
-        raise EncodeError("text only", code="unsupported_modality")
-
-
 def captions(count: int) -> list[str]:
     rng = np.random.default_rng(0)
     return [
@@ -85,7 +60,7 @@ def captions(count: int) -> list[str]:
     ]
 
 
-def fill(index: VectorIndex, space: MiniTextSpace, count: int) -> float:
+def fill(index: VectorIndex, space: MiniSpace, count: int) -> float:
     index.ensure_collection(space.name, space.dim)
     texts = captions(count)
     start = time.perf_counter()
@@ -177,7 +152,7 @@ def main() -> None:
                 "XMODAL_QUERY_CONCURRENCY": str(args.query_concurrency),
             }
         )
-        space = MiniTextSpace()
+        space = MiniSpace()
         space.load()
         index = open_index(args.backend, Path(tmp))
         fill_s = fill(index, space, args.items)
