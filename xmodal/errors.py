@@ -6,7 +6,7 @@
     ├── SchemaError                message violates the wire protocol (field + reason)   -> DLQ / error reply
     ├── MediaError                 media cannot be fetched or decoded safely             -> DLQ / error reply
     ├── EncodeError                a tower failed on an input, or the space has no tower -> DLQ / error reply
-    ├── IndexError_                the vector index refused an operation                 -> retried, then crash
+    ├── VectorIndexError           the vector index refused an operation                 -> retried, then crash
     │   └── DimensionMismatch      collection dimension differs from the encoder        -> fail at start-up
     ├── BrokerError                embedded broker could not start / Kafka unreachable   -> fail at start-up
     └── SearchError                a search reply said ok=false, or none came in time    -> raised to the caller
@@ -23,7 +23,7 @@ __all__ = [
     "ConfigError",
     "DimensionMismatch",
     "EncodeError",
-    "IndexError_",
+    "VectorIndexError",
     "MediaError",
     "ModelLoadError",
     "SchemaError",
@@ -71,11 +71,11 @@ class EncodeError(XmodalError):
     code = "encode_error"
 
 
-class IndexError_(XmodalError):  # trailing underscore: do not shadow the builtin IndexError
+class VectorIndexError(XmodalError):
     code = "index_error"
 
 
-class DimensionMismatch(IndexError_):
+class DimensionMismatch(VectorIndexError):
     code = "dimension_mismatch"
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xmodal.errors import IndexError_
+from xmodal.errors import VectorIndexError
 from xmodal.indexer import EdgeIndex, IndexPoint
 
 
@@ -61,7 +61,7 @@ def test_a_directory_is_open_in_one_index_at_a_time(tmp_path: Path) -> None:
     first = EdgeIndex(tmp_path / "index")
     first.ensure_collection("s", 8)
     second = EdgeIndex(tmp_path / "index")
-    with pytest.raises(IndexError_, match="another process") as err:
+    with pytest.raises(VectorIndexError, match="another process") as err:
         second.ensure_collection("s", 8)
     assert str(tmp_path / "index" / "s") in str(err.value)
     first.close()
@@ -74,7 +74,7 @@ def test_a_shard_without_manifest_is_not_guessed_at(tmp_path: Path) -> None:
     index.ensure_collection("s", 8)
     index.close()
     (tmp_path / "index" / "s" / "xmodal-space.json").unlink()
-    with pytest.raises(IndexError_, match=r"xmodal-space\.json"):
+    with pytest.raises(VectorIndexError, match=r"xmodal-space\.json"):
         EdgeIndex(tmp_path / "index").ensure_collection("s", 8)
 
 

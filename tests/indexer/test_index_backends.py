@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from numpy.typing import NDArray
 
-from xmodal.errors import DimensionMismatch, EncodeError, IndexError_, SchemaError
+from xmodal.errors import DimensionMismatch, EncodeError, VectorIndexError, SchemaError
 from xmodal.indexer import IndexPoint, VectorIndex
 
 DIM = 8
@@ -220,9 +220,9 @@ def test_reopen_keeps_points_and_payloads(backend: Any) -> None:
 
 
 def test_unknown_space_raises_index_error(index: VectorIndex) -> None:
-    with pytest.raises(IndexError_, match="ensure_collection"):
+    with pytest.raises(VectorIndexError, match="ensure_collection"):
         index.search("nope", unit(0), k=1)
-    with pytest.raises(IndexError_):
+    with pytest.raises(VectorIndexError):
         index.upsert("nope", [point("x", unit(0))])
 
 
@@ -279,6 +279,6 @@ def test_threads_share_one_index(index: VectorIndex) -> None:
 
 def test_closed_index_refuses_calls(filled: VectorIndex) -> None:
     filled.close()
-    with pytest.raises(IndexError_, match="closed"):
+    with pytest.raises(VectorIndexError, match="closed"):
         filled.count("s")
     filled.close()  # idempotent

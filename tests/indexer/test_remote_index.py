@@ -14,7 +14,7 @@ from qdrant_client import QdrantClient
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from xmodal.config import load_settings
-from xmodal.errors import DimensionMismatch, IndexError_
+from xmodal.errors import DimensionMismatch, VectorIndexError
 from xmodal.indexer import EdgeIndex, IndexPoint, QdrantIndex, RetryPolicy, open_index
 from xmodal.indexer.remote import is_transient
 
@@ -33,7 +33,7 @@ def test_unreachable_server_is_retried_with_backoff_then_fails(caplog: pytest.Lo
     started = time.monotonic()
     with (
         caplog.at_level(logging.WARNING, logger="xmodal.indexer.remote"),
-        pytest.raises(IndexError_, match="after 3 attempts") as err,
+        pytest.raises(VectorIndexError, match="after 3 attempts") as err,
     ):
         index.upsert("s", [point])
     assert time.monotonic() - started >= 0.05 + 0.10
@@ -49,7 +49,7 @@ def test_permanent_errors_are_not_retried() -> None:
     started = time.monotonic()
     with pytest.raises(DimensionMismatch):
         index.ensure_collection("s", 8)
-    with pytest.raises(IndexError_):
+    with pytest.raises(VectorIndexError):
         index.search("missing", np.ones(4, np.float32), k=1)
     assert time.monotonic() - started < 5.0
     index.close()

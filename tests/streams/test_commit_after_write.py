@@ -11,7 +11,7 @@ import orjson
 import pytest
 from confluent_kafka import Producer
 
-from xmodal.errors import IndexError_
+from xmodal.errors import VectorIndexError
 from xmodal.indexer.base import Hit, IndexPoint
 from xmodal.indexer.edge import EdgeIndex
 from xmodal.runtime import Node, Roles
@@ -30,7 +30,7 @@ class OutageIndex:
 
     def upsert(self, space: str, points: Sequence[IndexPoint]) -> None:
         if self.down:
-            raise IndexError_("connection refused (outage)")
+            raise VectorIndexError("connection refused (outage)")
         self.inner.upsert(space, points)
 
     def delete(self, space: str, item_ids: Sequence[str]) -> None:
@@ -63,7 +63,7 @@ def test_an_index_outage_stops_the_worker_and_a_restart_indexes_everything(
         deadline = time.monotonic() + 60
         while node.failure is None and time.monotonic() < deadline:
             time.sleep(0.1)
-        assert isinstance(node.failure, IndexError_)  # stopped, rather than acking what it could not write
+        assert isinstance(node.failure, VectorIndexError)  # stopped, rather than acking what it could not write
     finally:
         node.stop()
 

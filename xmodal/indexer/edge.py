@@ -37,7 +37,7 @@ import numpy as np
 import qdrant_edge as qe
 from numpy.typing import NDArray
 
-from xmodal.errors import DimensionMismatch, IndexError_
+from xmodal.errors import DimensionMismatch, VectorIndexError
 from xmodal.indexer import _common as common
 from xmodal.indexer.base import Hit, IndexPoint, point_id
 
@@ -127,7 +127,7 @@ class EdgeIndex:
         return self._call(space, "count", shard.engine.count, qe.CountRequest(exact=True))
 
     def close(self) -> None:
-        """Flush every shard to disk and close it. Later calls raise IndexError_."""
+        """Flush every shard to disk and close it. Later calls raise VectorIndexError."""
         with self._lock:
             if self._closed:
                 return
@@ -143,7 +143,7 @@ class EdgeIndex:
             except Exception as e:  # keep closing the others; report all below
                 failures.append(f"{space}: {e}")
         if failures:
-            raise IndexError_("closing the embedded index failed: " + "; ".join(failures))
+            raise VectorIndexError("closing the embedded index failed: " + "; ".join(failures))
 
     # -- maintenance (not part of the protocol) -----------------------------------------------
 
@@ -165,7 +165,7 @@ class EdgeIndex:
     def _open(self, space: str, dim: int | None) -> _Shard:
         """Open (or, given `dim`, create) the space's shard. Caller holds the lock."""
         if self._closed:
-            raise IndexError_(f"the embedded index at {self._root} is closed")
+            raise VectorIndexError(f"the embedded index at {self._root} is closed")
         path = self._root / space
         manifest = path / MANIFEST
         if manifest.exists():
@@ -174,12 +174,12 @@ class EdgeIndex:
                 raise self._mismatch(space, stored, dim, path)
             dim = stored
         elif (path / ENGINE_CONFIG).exists():
-            raise IndexError_(
+            raise VectorIndexError(
                 f"{path} holds a qdrant-edge shard without {MANIFEST}, so its space and dimension are unknown; "
                 f"move it away or delete it and re-ingest"
             )
         elif dim is None:
-            raise IndexError_(f"space {space!r} has no collection under {self._root}; call ensure_collection first")
+            raise VectorIndexError(f"space {space!r} has no collection under {self._root}; call ensure_collection first")
         else:
             # Manifest first: a crash before the shard exists leaves a manifest, and the next open creates it.
             _write_dim(manifest, space, dim)
@@ -194,7 +194,7 @@ class EdgeIndex:
                     engine.update(qe.UpdateOperation.create_field_index(field, qe.PayloadSchemaType.Keyword))
         except Exception as e:  # the binding raises plain Exception
             hint = " (is another process, or another EdgeIndex, using it?)" if "WAL" in str(e) else ""
-            raise IndexError_(f"cannot open the embedded index of space {space!r} at {path}{hint}: {e}") from e
+            raise VectorIndexError(f"cannot open the embedded index of space {space!r} at {path}{hint}: {e}") from e
         shard = _Shard(engine, dim, path)
         self._shards[space] = shard
         return shard
@@ -204,7 +204,7 @@ class EdgeIndex:
         try:
             return fn(*args)
         except Exception as e:  # the binding raises plain Exception for every failure
-            raise IndexError_(f"embedded index: {op} in space {space!r} failed: {e}") from e
+            raise VectorIndexError(f"embedded index: {op} in space {space!r} failed: {e}") from e
 
     @staticmethod
     def _mismatch(space: str, stored: int, dim: int, path: Path) -> DimensionMismatch:
@@ -234,9 +234,9 @@ def _read_dim(manifest: Path) -> int:
     try:
         dim = json.loads(manifest.read_text())["dim"]
     except (OSError, ValueError, KeyError, TypeError) as e:
-        raise IndexError_(f"cannot read {manifest}: {e}") from e
+        raise VectorIndexError(f"cannot read {manifest}: {e}") from e
     if not isinstance(dim, int) or dim < 1:
-        raise IndexError_(f"{manifest} records an invalid dimension {dim!r}")
+        raise VectorIndexError(f"{manifest} records an invalid dimension {dim!r}")
     return dim
 
 

@@ -7,7 +7,7 @@ the same filters; tests/indexer runs one suite on both and compares their result
 Writes wait for the server (`wait=True`) and go in batches. Transient failures (connection errors,
 timeouts, 429/502/503/504) are retried with exponential backoff by `RetryPolicy`; every operation is
 idempotent (point ids are derived from item ids), so a retry after a lost reply is harmless.
-Anything else, and a DimensionMismatch above all, fails at once as an IndexError_.
+Anything else, and a DimensionMismatch above all, fails at once as an VectorIndexError.
 
 Threads: the server client (httpx) is thread-safe. Local mode is not, so calls on it are serialised
 by a lock here; local mode with `path=` also needs `force_disable_check_same_thread=True` when used
@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
-from xmodal.errors import DimensionMismatch, IndexError_, XmodalError
+from xmodal.errors import DimensionMismatch, VectorIndexError, XmodalError
 from xmodal.indexer import _common as common
 from xmodal.indexer.base import Hit, IndexPoint, point_id
 
@@ -103,7 +103,7 @@ class QdrantIndex:
                     self._client.create_collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
                 )
-            except IndexError_:
+            except VectorIndexError:
                 # Another worker may have created it since we looked; then check it like any other.
                 if not self._call("collection_exists", name, self._client.collection_exists):
                     raise
@@ -195,12 +195,12 @@ class QdrantIndex:
     def _stored_dim(self, space: str) -> int:
         name = self.collection(space)
         if not self._call("collection_exists", name, self._client.collection_exists):
-            raise IndexError_(
+            raise VectorIndexError(
                 f"space {space!r} has no collection {name!r} at {self._where}; call ensure_collection first"
             )
         params = self._call("get_collection", name, self._client.get_collection).config.params.vectors
         if not isinstance(params, models.VectorParams) or params.distance != models.Distance.COSINE:
-            raise IndexError_(
+            raise VectorIndexError(
                 f"collection {name!r} at {self._where} was not made by xmodal (it needs one unnamed cosine "
                 f"vector, it has {params!r}); delete it or choose another XMODAL_TOPIC_PREFIX"
             )
@@ -210,7 +210,7 @@ class QdrantIndex:
     def _call(self, op: str, name: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
         """`fn(name, *args, **kwargs)` under the retry policy; every failure leaves as an XmodalError."""
         if self._closed:
-            raise IndexError_(f"the Qdrant index at {self._where} is closed")
+            raise VectorIndexError(f"the Qdrant index at {self._where} is closed")
         for attempt in range(1, self._retry.attempts + 1):
             try:
                 with self._lock:
@@ -220,9 +220,9 @@ class QdrantIndex:
             except Exception as e:
                 what = f"Qdrant {op} on {name!r} at {self._where}"
                 if not is_transient(e):
-                    raise IndexError_(f"{what} failed: {e}") from e
+                    raise VectorIndexError(f"{what} failed: {e}") from e
                 if attempt == self._retry.attempts:
-                    raise IndexError_(f"{what} failed after {attempt} attempts: {e}") from e
+                    raise VectorIndexError(f"{what} failed after {attempt} attempts: {e}") from e
                 delay = self._retry.delay(attempt - 1)
                 log.warning("%s failed (%s); retry %d in %.2fs", what, e, attempt, delay)
                 time.sleep(delay)
