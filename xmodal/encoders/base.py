@@ -6,8 +6,9 @@ untrusted bytes is `xmodal.encoders.media`'s job. Every output row is L2-normali
 
 from __future__ import annotations
 
+import math
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
 
@@ -17,11 +18,27 @@ from numpy.typing import NDArray
 if TYPE_CHECKING:
     from PIL import Image
 
-__all__ = ["MODALITIES", "Encoder", "Modality", "SerializedEncoder", "Vectors", "Waveform", "l2_normalize"]
+__all__ = [
+    "MODALITIES",
+    "Encoder",
+    "Modality",
+    "SerializedEncoder",
+    "Vectors",
+    "Waveform",
+    "audio_seconds_needed",
+    "frames_in",
+    "l2_normalize",
+]
 
 Modality = Literal["text", "image", "audio"]
 MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
 Vectors = NDArray[np.float32]
+
+
+def frames_in(seconds: float, sample_rate: int) -> int:
+    """How many frames the first `seconds` of a clip hold: one rule for the decoder and the towers,
+    so a clip decoded to a bound and a clip cut to it are the same samples."""
+    return math.ceil(seconds * sample_rate)
 
 
 @dataclass(frozen=True)
@@ -35,6 +52,11 @@ class Waveform:
     def seconds(self) -> float:
         return len(self.samples) / self.sample_rate
 
+    def head(self, seconds: float) -> Waveform:
+        """The first `seconds` of this clip (at its own rate); itself when it is no longer."""
+        frames = frames_in(seconds, self.sample_rate)
+        return self if len(self.samples) <= frames else Waveform(self.samples[:frames], self.sample_rate)
+
     def resampled(self, rate: int) -> Waveform:
         """This clip at `rate` Hz (libsoxr, high quality); itself when already there."""
         if rate == self.sample_rate:
@@ -47,7 +69,14 @@ class Waveform:
 
 @runtime_checkable
 class Encoder(Protocol):
-    """One space. `load()` is the start-up hook (weights are never loaded at import or in __init__)."""
+    """One space. `load()` is the start-up hook (weights are never loaded at import or in __init__).
+
+    An encoder with an audio tower may also have `audio_seconds: float | None`, known before
+    `load()`: the length of the start of a clip that `encode_audio` reads, so that a clip and its
+    first `audio_seconds` encode to the same vector. Media decoding stops there (see
+    `audio_seconds_needed` and `MediaLimits.for_encoders`). None, or no such attribute, means the
+    tower reads whole clips. It is not a protocol member, so encoders without audio need not say.
+    """
 
     @property
     def name(self) -> str: ...
@@ -67,6 +96,17 @@ class Encoder(Protocol):
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors: ...
 
     def encode_audio(self, clips: Sequence[Waveform]) -> Vectors: ...
+
+
+def audio_seconds_needed(encoders: Iterable[Encoder]) -> float | None:
+    """The longest start of a clip that any of these encoders' audio towers reads: what one decode
+    shared by all of them must keep. None when one of them reads whole clips, and when none has an
+    audio tower (audio is then decoded whole, as ever, only to report what is wrong with it)."""
+    needs: list[float | None] = [getattr(e, "audio_seconds", None) for e in encoders if "audio" in e.modalities]
+    bounded = [need for need in needs if need is not None]
+    if not needs or len(bounded) < len(needs):
+        return None
+    return max(bounded)
 
 
 def l2_normalize(x: NDArray[np.floating]) -> Vectors:
@@ -111,6 +151,10 @@ class SerializedEncoder:
     @property
     def modalities(self) -> frozenset[Modality]:
         return self._inner.modalities
+
+    @property
+    def audio_seconds(self) -> float | None:
+        return getattr(self._inner, "audio_seconds", None)
 
     def load(self) -> None:
         with self._tower_lock:

@@ -90,6 +90,8 @@ class ClapSpace:
 
     name = "clap"
     modalities: frozenset[Modality] = frozenset({"text", "audio"})
+    # Reads whole clips: past max_windows windows, they are spread evenly over all of it.
+    audio_seconds: float | None = None
 
     def __init__(
         self,
