@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import soundfile as sf  # type: ignore[import-untyped]
 
-from xmodal.encoders.base import Waveform
+from xmodal.encoders.base import Waveform, frames_in
 from xmodal.encoders.media._limits import MediaLimits, check_bytes, fail
 from xmodal.errors import MediaError
 
@@ -33,7 +33,9 @@ def decode_audio(data: bytes, limits: MediaLimits) -> Waveform:
     """Decode WAV, FLAC, OGG or MP3 to a mono float32 waveform at the file's own sample rate.
 
     Rate, channels and duration are checked from the header before any sample is decoded, and
-    decoding reads at most `max_audio_seconds` of frames whatever the header claimed.
+    decoding reads at most `max_audio_seconds` of frames whatever the header claimed. With
+    `limits.audio_seconds` set, only that start of the clip is decoded (what the towers read); the
+    rest of a longer file is not decoded, but its last frame must still be there.
     """
     check_bytes(len(data), limits, "audio")
     if data[:4] == b"RIFF" and data[8:12] == b"WAVE":
@@ -53,12 +55,18 @@ def decode_audio(data: bytes, limits: MediaLimits) -> Waveform:
     _check_stream(info.samplerate, info.channels)
     _check_seconds(info.frames / info.samplerate, limits, "header says")
 
-    mono = _decode_mono(data, info, limits)
+    consumed = None if limits.audio_seconds is None else frames_in(limits.audio_seconds, info.samplerate)
+    mono = _decode_mono(data, info, limits, consumed)
     if len(mono) == 0:
         fail("media_empty", "audio has no samples (empty, or truncated before its first frame)")
     # MP3 frame counts are estimates (bitrate or Xing header); every other format's is exact.
     slack = info.frames // 20 if info.format == "MP3" else 0
-    if len(mono) < info.frames - slack:
+    promised = info.frames - slack
+    if consumed is not None and consumed < promised:
+        # Decoding stopped early, so a cut-off file would pass unseen: look for its last frame.
+        _check_last_frame(data, promised, info.frames)
+        promised = consumed
+    if len(mono) < promised:
         fail("media_corrupt", f"audio is truncated: header says {info.frames} frames, decoded {len(mono)}")
     if not np.isfinite(mono).all():
         fail("media_corrupt", "audio contains NaN or infinite samples")
@@ -68,16 +76,18 @@ def decode_audio(data: bytes, limits: MediaLimits) -> Waveform:
 _BLOCK_FRAMES = 1 << 16
 
 
-def _decode_mono(data: bytes, info: Any, limits: MediaLimits) -> np.ndarray:
+def _decode_mono(data: bytes, info: Any, limits: MediaLimits, consumed: int | None) -> np.ndarray:
     """Decode block by block, downmixing as we go: memory follows the samples actually decoded
-    (one channel of them), never the frame and channel counts a header claims."""
+    (one channel of them), never the frame and channel counts a header claims. Stops after
+    `consumed` frames when given, else one frame past the cap, to catch a header that understated."""
     max_frames = math.floor(limits.max_audio_seconds * info.samplerate)
+    stop = max_frames + 1 if consumed is None else min(consumed, max_frames + 1)
     blocks: list[np.ndarray] = []
     decoded = 0
     try:
         with sf.SoundFile(io.BytesIO(data)) as f:
-            while decoded <= max_frames:
-                block = f.read(min(_BLOCK_FRAMES, max_frames + 1 - decoded), dtype="float32", always_2d=True)
+            while decoded < stop:
+                block = f.read(min(_BLOCK_FRAMES, stop - decoded), dtype="float32", always_2d=True)
                 if len(block) == 0:
                     break
                 blocks.append(block.mean(axis=1, dtype=np.float32))
@@ -87,6 +97,24 @@ def _decode_mono(data: bytes, info: Any, limits: MediaLimits) -> np.ndarray:
     if decoded > max_frames:  # more samples than the header admitted to
         _check_seconds(decoded / info.samplerate, limits, "decoded audio is over")
     return np.concatenate(blocks) if blocks else np.zeros(0, np.float32)
+
+
+def _check_last_frame(data: bytes, frame: int, claimed: int) -> None:
+    """Seek to `frame` (1-based) and read it: a file cut after the decoded start but before its end
+    is still refused as truncated, at the cost of one seek (libsndfile seeks WAV and FLAC exactly,
+    and MP3 within the slack allowed for its estimated length), not a full decode."""
+    try:
+        with sf.SoundFile(io.BytesIO(data)) as f:
+            f.seek(frame - 1)
+            present = len(f.read(1, dtype="float32", always_2d=True)) == 1
+    except sf.SoundFileError as e:
+        raise MediaError(
+            f"audio is truncated or corrupt: header says {claimed} frames, cannot reach frame {frame} "
+            f"(libsndfile: {_sf_reason(e)})",
+            code="media_corrupt",
+        ) from e
+    if not present:
+        fail("media_corrupt", f"audio is truncated: header says {claimed} frames, the file ends before frame {frame}")
 
 
 def _sf_reason(e: sf.SoundFileError) -> str:

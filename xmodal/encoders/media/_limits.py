@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn
 
+from xmodal.encoders.base import audio_seconds_needed
 from xmodal.encoders.media._addresses import IPAddress, is_public_address
 from xmodal.errors import MediaError
 
 if TYPE_CHECKING:
     from xmodal.config import Settings
+    from xmodal.encoders.base import Encoder
 
 __all__ = ["MediaLimits", "check_bytes", "fail", "short"]
 
@@ -31,6 +33,10 @@ class MediaLimits:
 
     `allow_address` decides which resolved IP addresses an http(s) fetch may connect to; leave the
     default (`is_public_address`) in production: tests replace it to reach a loopback server.
+
+    `audio_seconds` is how much of each clip is decoded: the start that the towers read (set it with
+    `for_encoders`). None decodes whole clips. It is not a cap: `max_audio_seconds` still refuses
+    longer clips, from their header, whatever is decoded of them.
     """
 
     max_bytes: int = 20 * 1024 * 1024
@@ -41,6 +47,11 @@ class MediaLimits:
     http_timeout_s: float = 10.0
     max_redirects: int = 5
     allow_address: Callable[[IPAddress], bool] = is_public_address
+    audio_seconds: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.audio_seconds is not None and not self.audio_seconds > 0:
+            raise ValueError(f"audio_seconds must be positive or None, not {self.audio_seconds!r}")
 
     @classmethod
     def from_settings(cls, settings: Settings) -> MediaLimits:
@@ -52,6 +63,11 @@ class MediaLimits:
             allow_http=settings.allow_http,
             http_timeout_s=settings.http_timeout_s,
         )
+
+    def for_encoders(self, encoders: Iterable[Encoder]) -> MediaLimits:
+        """These limits, decoding only as much of each clip as the longest read of these encoders'
+        audio towers (`Encoder.audio_seconds`; see `audio_seconds_needed`)."""
+        return replace(self, audio_seconds=audio_seconds_needed(encoders))
 
 
 def check_bytes(size: int, limits: MediaLimits, what: str) -> None:
