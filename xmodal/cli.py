@@ -241,6 +241,119 @@ def search(
     out.print(table)
 
 
+@app.command("eval")
+def eval_(
+    queries: Annotated[Path, typer.Option("--queries", help="QUERIES.jsonl: {query_id, query, modalities?, filter?} per line.")],
+    qrels: Annotated[Path, typer.Option("--qrels", help="TREC qrels `query_id 0 item_id relevance`, or JSON {query_id: {item_id: rel}}.")],
+    k: Annotated[str, typer.Option("--k", help="Cutoffs of Success@k, P@k, R@k, e.g. 1,5,10.")] = "1,5,10",
+    fail_under: Annotated[
+        list[str], typer.Option("--fail-under", help="[DIRECTION:]MEASURE=VALUE, e.g. Success@5=0.9; exit 1 when below (repeatable).")
+    ] = [],  # noqa: B006
+    run_out: Annotated[Path | None, typer.Option("--run-out", help="Also write the results as a TREC run file.")] = None,
+    items: Annotated[
+        Path | None, typer.Option("--items", help="JSONL with id and modality per item (e.g. the MediaEvents you ingested): modalities of relevant items no search returned.")
+    ] = None,
+    concurrency: Annotated[int, typer.Option(help="Searches in flight at once.", min=1)] = 16,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+    timeout: Annotated[float | None, typer.Option(help="Seconds to wait for each reply (default XMODAL_SEARCH_TIMEOUT_S).")] = None,
+    data_dir: DataDir = None,
+    kafka_bootstrap: Bootstrap = None,
+) -> None:
+    """Measure retrieval quality of your data through the live query path (docs/eval.md).
+
+    Exit status: 0 ok, 1 a --fail-under measure is below its value, 2 bad input or no broker,
+    3 some searches failed (they count as finding nothing).
+    """
+    import time
+
+    from tqdm import tqdm
+
+    from xmodal import evaluation as ev
+    from xmodal.query_api.client import SearchClient
+
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap)
+    try:
+        ks = ev.parse_ks(k)
+        thresholds = [ev.parse_threshold(spec, ks) for spec in fail_under]
+        query_set = ev.load_queries(queries)
+        judgments = ev.load_qrels(qrels)
+        item_modalities = ev.load_item_modalities(items) if items is not None else None
+    except ev.EvalInputError as e:
+        _fail(e.message, 2)
+    bootstrap = _bootstrap_or_fail(settings)
+    depth = ev.search_depth(ks)
+    wait_s = timeout if timeout is not None else settings.search_timeout_s
+    try:
+        with SearchClient(settings, bootstrap) as client, tqdm(
+            desc="searched", total=len(query_set), unit="q", file=sys.stderr, disable=None
+        ) as bar:
+
+            def submit(query: ev.EvalQuery) -> Any:
+                deadline_ms = int((time.time() + wait_s) * 1000)
+                return client.send(query.to_request(k=depth, reply_to=client.reply_topic, deadline_ms=deadline_ms), timeout=wait_s)
+
+            results, failures = ev.run_queries(query_set, submit, concurrency=concurrency, on_done=lambda _q: bar.update(1))
+    except XmodalError as e:
+        _fail(e.message)
+    report = ev.evaluate(query_set, judgments, results, ks=ks, item_modalities=item_modalities, failed=failures)
+    if not report.queries:
+        _fail(f"nothing to measure: no query of {queries} has a relevant judgment (relevance > 0) in {qrels}", 2)
+    if run_out is not None:
+        try:
+            ev.write_run(run_out, query_set, results, depth)
+        except ev.EvalInputError as e:
+            _fail(e.message, 2)
+    for query_id, why in list(failures.items())[:10]:
+        err.print(f"[yellow]failed[/] {query_id}: {why}", highlight=False)
+    notes = [
+        (len(failures), "searches failed and count as finding nothing"),
+        (len(report.without_relevant), "queries have no relevant judgment and are not measured"),
+        (len(report.qrels_without_query), f"judged query ids are not in {queries}"),
+        (report.unknown_modality_items, "relevant items were never returned, so their modality is unknown (give --items)"),
+    ]
+    for count, what in notes:
+        if count:
+            err.print(f"[yellow]note:[/] {count} {what}", highlight=False)
+    problems = ev.check_thresholds(report, thresholds)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        out.print(_eval_table(report))
+    for problem in problems:
+        err.print(f"[bold red]below threshold:[/] {problem}", highlight=False)
+    if failures:
+        raise typer.Exit(3)
+    if problems:
+        raise typer.Exit(1)
+
+
+def _eval_table(report: Any) -> Table:
+    from xmodal.evaluation import measure_names
+
+    names = measure_names(report.ks)
+    table = Table(
+        title=f"{report.queries} judged queries, searched to depth {report.depth} through the live query path",
+        title_justify="left",
+        caption="Success@k: a relevant item in the top k (what vision-language papers call R@k) · P@k: precision · "
+        "R@k: TREC recall, the share of the relevant items in the top k · nDCG@10 · RR: reciprocal rank of the "
+        f"first relevant item within the top {report.depth}",
+        caption_justify="left",
+    )
+    table.add_column("direction")
+    table.add_column("queries", justify="right")
+    for name in names:
+        label = f"{name}\n(papers' R@{name.split('@')[1]})" if name.startswith("Success@") else name
+        table.add_column(label, justify="right")
+    rows = [("all", report.queries, report.metrics)]
+    rows += [(d, report.queries_by_direction[d], m) for d, m in report.by_direction.items()]
+    for modality, figures in report.by_query_modality.items():  # only where it adds a row of its own
+        if sum(d.startswith(f"{modality}->") for d in report.by_direction) > 1:
+            rows.append((f"{modality}->any", report.queries_by_query_modality[modality], figures))
+    for label, count, figures in rows:
+        table.add_row(label, str(count), *(f"{figures[name]:.3f}" for name in names))
+    return table
+
+
 @app.command()
 def demo(
     images: Annotated[int, typer.Option(help="Images per half of the gallery (held-out + seen combinations).")] = 500,
