@@ -29,7 +29,9 @@ import soundfile as sf
 from PIL import Image, ImageFile
 
 from xmodal.config import load_settings
-from xmodal.encoders.base import Waveform
+from xmodal.encoders.base import SerializedEncoder, Waveform, audio_seconds_needed
+from xmodal.encoders.clap import ClapSpace
+from xmodal.encoders.clip import ClipSpace
 from xmodal.encoders.media import (
     IPAddress,
     MediaLimits,
@@ -40,9 +42,11 @@ from xmodal.encoders.media import (
     is_public_address,
     load_media,
 )
+from xmodal.encoders.mini.space import MiniSpace
 from xmodal.errors import ConfigError, MediaError
 
 LIMITS = MediaLimits()
+FIRST_TENTH = MediaLimits(audio_seconds=0.1)  # decodes only the first 0.1 s: the bad corpus must not care
 RNG_SEED = 7
 
 
@@ -459,8 +463,9 @@ def _flac_claiming(total_samples: int) -> bytes:
         pytest.param(b"", "media_empty", id="zero-bytes"),
     ],
 )
-def test_bad_audio(data: bytes, code: str) -> None:
-    assert code_of(lambda: decode_audio(data, LIMITS)) == code
+@pytest.mark.parametrize("limits", [LIMITS, FIRST_TENTH], ids=["whole-clip", "first-0.1s"])
+def test_bad_audio(data: bytes, code: str, limits: MediaLimits) -> None:
+    assert code_of(lambda: decode_audio(data, limits)) == code
 
 
 def test_wav_duration_limit_is_configurable() -> None:
@@ -472,12 +477,13 @@ def test_wav_duration_limit_is_configurable() -> None:
     assert code_of(lambda: decode_audio(flac, MediaLimits(max_bytes=1024))) == "media_too_large"
 
 
-def test_lying_audio_header_does_not_size_the_allocation() -> None:
+@pytest.mark.parametrize("limits", [LIMITS, FIRST_TENTH], ids=["whole-clip", "first-0.1s"])
+def test_lying_audio_header_does_not_size_the_allocation(limits: MediaLimits) -> None:
     # Claims 590 s (under the limit) but holds 0.5 s: memory must follow the real samples.
     lying = _flac_claiming(590 * 16000)
     tracemalloc.start()
     try:
-        assert code_of(lambda: decode_audio(lying, LIMITS)) == "media_corrupt"
+        assert code_of(lambda: decode_audio(lying, limits)) == "media_corrupt"
         peak = tracemalloc.get_traced_memory()[1]
     finally:
         tracemalloc.stop()
@@ -491,6 +497,95 @@ def test_audio_header_is_checked_before_decoding(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(sf.SoundFile, "read", never)
     assert code_of(lambda: decode_audio(_flac_claiming(3 * 3600 * 16000), LIMITS)) == "audio_too_long"
     assert code_of(lambda: decode_audio(wav_bytes(claimed=3 * 3600 * 8000 * 2), LIMITS)) == "audio_too_long"
+
+
+# ---------------------------------------------------------------------------------------------
+# Audio: decoding only the start the towers read (MediaLimits.audio_seconds)
+
+LONG_RATE = 8000  # 600 s of 16-bit mono at 8 kHz is 9.6 MB: a maximum-length clip within the byte cap
+
+
+def _peak_bytes(fn: Callable[[], object]) -> tuple[object, int]:
+    tracemalloc.start()
+    try:
+        result = fn()
+        return result, tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+def test_a_600_s_wav_is_decoded_only_as_far_as_the_towers_read() -> None:
+    samples = np.random.default_rng(RNG_SEED).uniform(-0.5, 0.5, 600 * LONG_RATE).astype(np.float32)
+    data = audio_bytes(samples, LONG_RATE, "WAV", "PCM_16")
+    del samples
+    whole, whole_peak = _peak_bytes(lambda: decode_audio(data, LIMITS))
+    head, head_peak = _peak_bytes(lambda: decode_audio(data, replace(LIMITS, audio_seconds=2.0)))
+    assert isinstance(whole, Waveform) and isinstance(head, Waveform)
+    assert whole.samples.shape == (600 * LONG_RATE,) and head.samples.shape == (2 * LONG_RATE,)
+    assert head.sample_rate == LONG_RATE
+    np.testing.assert_array_equal(head.samples, whole.head(2.0).samples)  # the same samples a tower cuts to
+    # 600 s of float32 samples is 19.2 MB; 2 s of them is 64 kB.
+    assert whole_peak > 19_000_000, whole_peak
+    assert head_peak < 1_000_000, head_peak
+
+
+def test_load_media_passes_the_bound_to_the_decoder() -> None:
+    payload = base64.b64encode(audio_bytes(tone(5.0, 8000), 8000, "FLAC")).decode("ascii")
+    clip = load_media("audio", data_b64=payload, uri=None, limits=MediaLimits(audio_seconds=1.5))
+    assert clip.samples.shape == (12000,)
+
+
+def test_a_bound_longer_than_the_clip_changes_nothing() -> None:
+    data = audio_bytes(tone(1.0, 8000), 8000, "FLAC")
+    np.testing.assert_array_equal(
+        decode_audio(data, MediaLimits(audio_seconds=30.0)).samples, decode_audio(data, LIMITS).samples
+    )
+
+
+def test_the_header_cap_still_applies_to_the_whole_clip() -> None:
+    short_cap = MediaLimits(max_audio_seconds=0.5, audio_seconds=0.1)
+    for fmt in ("WAV", "FLAC"):
+        one_second = audio_bytes(tone(1.0, 8000), 8000, fmt)
+        assert code_of(lambda: decode_audio(one_second, short_cap)) == "audio_too_long"
+
+
+@pytest.mark.parametrize(("fmt", "subtype"), [("FLAC", None), ("WAV", "PCM_16"), ("MP3", "MPEG_LAYER_III")])
+def test_a_long_file_cut_after_the_decoded_start_is_still_corrupt(fmt: str, subtype: str | None) -> None:
+    if fmt not in sf.available_formats():
+        pytest.skip(f"this libsndfile has no {fmt} support")
+    samples = np.random.default_rng(RNG_SEED).uniform(-0.5, 0.5, 60 * LONG_RATE).astype(np.float32)
+    data = audio_bytes(samples, LONG_RATE, fmt, subtype)
+    first_two_seconds = MediaLimits(audio_seconds=2.0)
+    assert decode_audio(data, first_two_seconds).samples.shape == (2 * LONG_RATE,)  # complete: accepted
+    cut = data[: len(data) * 3 // 4]  # 45 s of 60 s: far past the 2 s decoded
+    assert code_of(lambda: decode_audio(cut, LIMITS)) == "media_corrupt"
+    assert code_of(lambda: decode_audio(cut, first_two_seconds)) == "media_corrupt"
+
+
+def test_non_finite_samples_in_the_decoded_start_are_still_corrupt() -> None:
+    samples = np.zeros(8000, np.float32)
+    samples[10] = np.nan
+    data = audio_bytes(samples, 8000, "WAV", "FLOAT")
+    assert code_of(lambda: decode_audio(data, MediaLimits(audio_seconds=0.1))) == "media_corrupt"
+
+
+def test_audio_seconds_must_be_positive() -> None:
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(ValueError, match="audio_seconds"):
+            MediaLimits(audio_seconds=bad)
+
+
+def test_limits_for_encoders_take_the_longest_read_of_the_audio_towers() -> None:
+    settings = load_settings({})
+    mini, clap, clip = MiniSpace(), ClapSpace(settings), ClipSpace(settings)  # constructed, nothing loaded
+    assert mini.audio_seconds == 30.0 and clap.audio_seconds is None
+    assert LIMITS.for_encoders([mini]).audio_seconds == 30.0
+    assert LIMITS.for_encoders([SerializedEncoder(mini)]).audio_seconds == 30.0  # as `xmodal up` shares them
+    assert LIMITS.for_encoders([mini, clip]).audio_seconds == 30.0  # clip has no audio tower: no say
+    assert LIMITS.for_encoders([mini, clap]).audio_seconds is None  # clap reads whole clips
+    assert audio_seconds_needed([clip]) is None and audio_seconds_needed([]) is None
+    capped = replace(LIMITS, max_audio_seconds=60.0)
+    assert capped.for_encoders([mini]) == replace(capped, audio_seconds=30.0)  # only the bound changes
 
 
 # ---------------------------------------------------------------------------------------------
