@@ -5,9 +5,17 @@
 2. Generates images and sounds of held-out attribute combinations plus as many of seen ones
    (`corpus.heldout_gallery`), and a caption text item per media item.
 3. Publishes them as MediaEvents through Kafka and waits until the index holds them.
-4. Searches over Kafka (SearchClient): text->image, text->audio, image->image, audio->text, with
-   fresh renderings as media queries (never the indexed bytes), and computes recall@k and
-   precision@k against attribute relevance: a result is relevant when it has the same attributes.
+4. Searches over Kafka (SearchClient) with fresh wordings as text queries and fresh renderings as
+   media queries (never the indexed caption or bytes), each query twice:
+   - unfiltered: the mixed gallery with the default `modalities` (all) and no filter, which is how
+     users search. Every direction is measured from the same mixed ranking: text->image,
+     text->audio, text->text, image->image, image->text, audio->audio, audio->text, and
+     "<modality>->any" (every relevant item of any modality);
+   - filtered: restricted to one result modality (and, for sound->caption, to captions of sounds
+     by a metadata filter): text->image, text->audio, image->image, audio->text. These show what
+     the towers can do when the modality gap is kept out of the ranking.
+   A result is relevant when it has the same attributes as the query (an item, or the caption of
+   one). The figures are xmodal.evaluation's (ir-measures), as `xmodal eval` computes them.
 5. Writes an HTML page of example queries with thumbnails and audio players.
 """
 
@@ -19,6 +27,7 @@ import shutil
 import time
 import uuid
 from collections.abc import Callable, Sequence
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +39,7 @@ from xmodal.config import Settings
 from xmodal.encoders.mini.corpus import (
     ATTRIBUTES,
     Item,
+    describe,
     heldout_gallery,
     image_png,
     render_image,
@@ -37,23 +47,22 @@ from xmodal.encoders.mini.corpus import (
     waveform_wav,
 )
 from xmodal.errors import XmodalError
-from xmodal.query_api.client import SearchClient, hits_or_raise
+from xmodal.evaluation import EvalQuery, Evaluation, evaluate, make_query, run_queries, search_depth
+from xmodal.query_api.client import SearchClient
 from xmodal.runtime import Node, Roles
-from xmodal.schema import SearchHit
+from xmodal.schema import SearchReply
 from xmodal.streams.producer import DeliveryReport, produce_events
 
-__all__ = ["DemoResult", "DirectionResult", "run_demo"]
+__all__ = ["DemoResult", "figure_rows", "run_demo", "search_count"]
 
 KS = (1, 5, 10)
-QUERY_SEED = 7_777  # media queries are re-rendered with other randomness than the indexed items
-
-
-@dataclass
-class DirectionResult:
-    direction: str
-    queries: int
-    recall: dict[int, float]
-    precision: dict[int, float]
+QUERY_SEED = 7_777  # queries are re-worded / re-rendered with other randomness than the indexed items
+# Rows of the figures, in this order: the filtered directions, then every unfiltered one.
+DIRECTIONS = (
+    "text->image", "text->audio", "text->text", "text->any", "image->image", "image->text", "image->any",
+    "audio->audio", "audio->text", "audio->any",
+)  # fmt: skip
+SHOWN = tuple(f"Success@{k}" for k in KS)
 
 
 @dataclass
@@ -61,7 +70,8 @@ class DemoResult:
     items: dict[str, int]
     ingest_seconds: float
     search_ms_p50: float
-    directions: list[DirectionResult]
+    filtered: Evaluation  # one result modality per query (and captions of sounds for audio->text)
+    unfiltered: Evaluation  # the mixed gallery, default modalities, no filter
     examples: list[dict[str, Any]] = field(default_factory=list)
     html: str = ""
 
@@ -70,13 +80,42 @@ class DemoResult:
             "items": self.items,
             "ingest_seconds": round(self.ingest_seconds, 2),
             "search_ms_p50": round(self.search_ms_p50, 2),
-            "recall": {d.direction: {f"R@{k}": round(v, 4) for k, v in d.recall.items()} for d in self.directions},
-            "precision": {
-                d.direction: {f"P@{k}": round(v, 4) for k, v in d.precision.items()} for d in self.directions
-            },
-            "queries": {d.direction: d.queries for d in self.directions},
+            "unfiltered": _figures(self.unfiltered, with_any=True),
+            "filtered": _figures(self.filtered, with_any=False),
             "html": self.html,
         }
+
+
+def _figures(evaluation: Evaluation, *, with_any: bool) -> dict[str, Any]:
+    """by_direction; `with_any`: and "<modality>->any" where one query of that modality spans directions."""
+    data = evaluation.to_dict()
+    by_direction, queries = dict(data["by_direction"]), dict(data["counts"]["by_direction"])
+    for modality, figures in data["by_query_modality"].items() if with_any else ():
+        if sum(d.startswith(f"{modality}->") for d in by_direction) > 1:
+            by_direction[f"{modality}->any"] = figures
+            queries[f"{modality}->any"] = data["counts"]["by_query_modality"][modality]
+    return {"by_direction": by_direction, "queries": queries, "metrics": data["metrics"]}
+
+
+def figure_rows(result: DemoResult) -> list[tuple[str, str, list[str], list[str]]]:
+    """(direction, queries, filtered Success@1/5/10, unfiltered Success@1/5/10) as text; "-" where not measured."""
+    filtered, unfiltered = _figures(result.filtered, with_any=False), _figures(result.unfiltered, with_any=True)
+    rows = []
+    for direction in DIRECTIONS:
+        f, u = filtered["by_direction"].get(direction), unfiltered["by_direction"].get(direction)
+        if f is None and u is None:
+            continue
+        count = (filtered["queries"] | unfiltered["queries"]).get(direction, 0)
+        rows.append((
+            direction, str(count),
+            [f"{f[m]:.2f}" if f else "-" for m in SHOWN], [f"{u[m]:.2f}" if u else "-" for m in SHOWN],
+        ))
+    return rows
+
+
+def search_count(images: int, sounds: int, queries: int) -> int:
+    """How many searches run_demo sends: every query filtered and unfiltered."""
+    return 2 * (2 * min(queries, images) + 2 * min(queries, sounds))
 
 
 def _key(item: Item) -> tuple[Any, ...]:
@@ -98,12 +137,6 @@ def _corpus_events(images: list[Item], sounds: list[Item]) -> list[tuple[str, by
     for item in images + sounds:
         events.append(_event(f"caption/{item.id}", "text", {"text": item.caption}, _key(item)))
     return events
-
-
-def _metrics(direction: str, ranked: list[list[bool]]) -> DirectionResult:
-    recall = {k: float(np.mean([any(r[:k]) for r in ranked])) for k in KS}
-    precision = {k: float(np.mean([sum(r[:k]) / k for r in ranked])) for k in KS}
-    return DirectionResult(direction, len(ranked), recall, precision)
 
 
 def _data_uri(item: Item) -> str:
@@ -137,18 +170,75 @@ def _write_html(path: Path, examples: list[dict[str, Any]], items: dict[str, Ite
             f"<tr><th>{html.escape(ex['direction'])}</th><td>{query_html}</td>{''.join(cells)}</tr>"
         )
     figures = "".join(
-        f"<tr><th>{d.direction}</th>" + "".join(f"<td>{d.recall[k]:.2f}</td>" for k in KS) + "</tr>"
-        for d in result.directions
+        f"<tr><th>{html.escape(direction)}</th><td>{count}</td>" + "".join(f"<td>{v}</td>" for v in f + u) + "</tr>"
+        for direction, count, f, u in figure_rows(result)
     )
+    heads = "".join(f"<th>{label} {m}</th>" for label in ("filtered", "unfiltered") for m in SHOWN)
     path.write_text(
         "<!doctype html><meta charset=utf-8><title>xmodal demo</title>"
         "<style>body{font-family:sans-serif}td,th{padding:4px;vertical-align:top;text-align:left}</style>"
         f"<h1>xmodal demo</h1><p>{sum(result.items.values())} items indexed through Kafka; "
         "✔ = same attributes as the query.</p>"
-        f"<h2>Recall through the live pipeline</h2><table><tr><th></th>{''.join(f'<th>R@{k}</th>' for k in KS)}</tr>{figures}</table>"
+        "<h2>Through the live pipeline</h2><p>Success@k: a right item in the top k (papers' R@k). "
+        "Unfiltered: one mixed gallery, default modalities, no filter; filtered: one result modality.</p>"
+        f"<table><tr><th></th><th>queries</th>{heads}</tr>{figures}</table>"
         f"<h2>Example queries</h2><table>{''.join(rows)}</table>",
         encoding="utf-8",
     )
+
+
+# Filtered searches: direction -> (result modalities, metadata filter).
+_FILTERED: dict[str, tuple[list[str], dict[str, str]]] = {
+    "text->image": (["image"], {}),
+    "text->audio": (["audio"], {}),
+    "image->image": (["image"], {}),
+    # Captions of sounds only: unfiltered, the modality gap may let the 2x more image captions crowd them out.
+    "audio->text": (["text"], {"describes": "audio"}),
+}
+
+
+def _plan(
+    held_images: list[Item], held_sounds: list[Item], gallery: list[Item]
+) -> tuple[list[EvalQuery], dict[str, dict[str, int]], dict[str, tuple[str, str, Any, str]]]:
+    """The queries (each unfiltered and filtered), their qrels, and what the examples show of each.
+
+    Relevant to a query: every gallery item with its attributes, and the captions of those items."""
+    by_key: dict[str, list[tuple[str, str]]] = {}  # key -> (item id, modality)
+    for item in gallery:
+        key = "|".join(map(str, _key(item)))
+        by_key.setdefault(key, []).extend([(item.id, item.modality), (f"caption/{item.id}", "text")])
+    rng = np.random.default_rng(QUERY_SEED)
+    queries: list[EvalQuery] = []
+    qrels: dict[str, dict[str, int]] = {}
+    shown: dict[str, tuple[str, str, Any, str]] = {}
+
+    def add(item: Item, kind: str, query: dict[str, str], display: Any, filtered: str) -> None:
+        key = "|".join(map(str, _key(item)))
+        modalities, metadata_filter = _FILTERED[filtered]
+        target = modalities[0]
+        for name, qid, extra in (
+            ("unfiltered", f"unfiltered/{kind}/{item.id}", {}),
+            ("filtered", f"filtered/{filtered}/{item.id}", {"modalities": modalities, "filter": metadata_filter or None}),
+        ):
+            queries.append(make_query(qid, query, **extra))
+            qrels[qid] = {i: 1 for i, m in by_key[key] if name == "unfiltered" or m == target}
+            label = f"{kind}->any (unfiltered)" if name == "unfiltered" else filtered
+            caption = display if isinstance(display, str) else display.caption
+            shown[qid] = (label, caption, display, key)
+
+    for item in held_images:
+        text = describe("image", item.attributes, rng).text
+        add(item, "text", {"text": text}, text, "text->image")
+    for item in held_sounds:
+        text = describe("audio", item.attributes, rng).text
+        add(item, "text", {"text": text}, text, "text->audio")
+    for item in held_images:
+        fresh = Item(item.id, "image", render_image(item.attributes, rng), item.caption, item.attributes)
+        add(item, "image", {"image": base64.b64encode(image_png(fresh.media)).decode()}, fresh, "image->image")
+    for item in held_sounds:
+        fresh = Item(item.id, "audio", render_sound(item.attributes, rng), item.caption, item.attributes)
+        add(item, "audio", {"audio": base64.b64encode(waveform_wav(fresh.media)).decode()}, fresh, "audio->text")
+    return queries, qrels, shown
 
 
 def run_demo(
@@ -196,49 +286,46 @@ def run_demo(
             indexed = now
         ingest_seconds = time.perf_counter() - start
 
-        rng = np.random.default_rng(QUERY_SEED)
-        plans: list[tuple[str, Any, tuple[Any, ...], dict[str, Any]]] = []  # direction, query, key, search args
-        for item in held_img[:queries]:
-            plans.append(("text->image", item.caption, _key(item), {"text": item.caption, "modalities": ["image"]}))
-        for item in held_snd[:queries]:
-            plans.append(("text->audio", item.caption, _key(item), {"text": item.caption, "modalities": ["audio"]}))
-        for item in held_img[:queries]:
-            fresh = Item(item.id, "image", render_image(item.attributes, rng), item.caption, item.attributes)
-            plans.append(("image->image", fresh, _key(item), {"image": image_png(fresh.media), "modalities": ["image"]}))
-        for item in held_snd[:queries]:
-            fresh = Item(item.id, "audio", render_sound(item.attributes, rng), item.caption, item.attributes)
-            # Filtered to captions of sounds: unfiltered, the towers' modality gap lets the 2x more
-            # image captions crowd them out (docs/mini.md, "Limits").
-            plans.append((
-                "audio->text", fresh, _key(item),
-                {"audio": waveform_wav(fresh.media), "modalities": ["text"], "filter": {"describes": "audio"}},
-            ))
-
+        planned, qrels, shown = _plan(held_img[:queries], held_snd[:queries], corpus_images + corpus_sounds)
+        depth = search_depth(KS)
         took: list[float] = []
-        ranked: dict[str, list[list[bool]]] = {}
-        examples: list[dict[str, Any]] = []
+
+        def record(future: Future[SearchReply]) -> None:
+            if not future.cancelled() and future.exception() is None:
+                took.append(future.result().took_ms)
+
         with SearchClient(demo_settings, node.bootstrap) as client:
-            futures = [client.search_async(k=max(KS), timeout=120, **args) for _, _, _, args in plans]
-            for (direction, query, key, _), future in zip(plans, futures):
-                reply = future.result()
-                hits: list[SearchHit] = hits_or_raise(reply)
-                took.append(reply.took_ms)
-                wanted = "|".join(map(str, key))
-                ranked.setdefault(direction, []).append([h.metadata.get("key") == wanted for h in hits])
-                if sum(e["direction"] == direction for e in examples) < examples_per_direction:
-                    examples.append(
-                        {"direction": direction, "query": query if isinstance(query, str) else query.caption,
-                         "query_item": query, "key": wanted, "hits": hits[:5]}
-                    )
-                say("searched", 1)
+
+            def submit(query: EvalQuery) -> Future[SearchReply]:
+                future = client.send(query.to_request(k=depth, reply_to=client.reply_topic), timeout=120)
+                future.add_done_callback(record)
+                return future
+
+            results, failures = run_queries(planned, submit, concurrency=32, on_done=lambda _q: say("searched", 1))
+        if failures:
+            first = next(iter(failures.items()))
+            raise XmodalError(f"{len(failures)} demo searches failed, e.g. {first[0]}: {first[1]}")
     finally:
         node.stop()
 
+    modality_of = {it.id: it.modality for it in corpus_images + corpus_sounds}
+    modality_of |= {f"caption/{it.id}": "text" for it in corpus_images + corpus_sounds}
+    parts = {name: [q for q in planned if q.query_id.startswith(f"{name}/")] for name in ("filtered", "unfiltered")}
+    measured = {
+        name: evaluate(part, qrels, results, ks=KS, item_modalities=modality_of) for name, part in parts.items()
+    }
+    examples: list[dict[str, Any]] = []
+    for query in planned:
+        label, text, query_item, key = shown[query.query_id]
+        if sum(e["direction"] == label for e in examples) < examples_per_direction:
+            examples.append({"direction": label, "query": text, "query_item": query_item, "key": key,
+                             "hits": results[query.query_id][:5]})
     result = DemoResult(
         items={"image": len(corpus_images), "audio": len(corpus_sounds), "text": len(corpus_images) + len(corpus_sounds)},
         ingest_seconds=ingest_seconds,
         search_ms_p50=float(np.median(took)) if took else 0.0,
-        directions=[_metrics(direction, lists) for direction, lists in ranked.items()],
+        filtered=measured["filtered"],
+        unfiltered=measured["unfiltered"],
         examples=[{k: v for k, v in ex.items() if k != "query_item"} | {"hits": [h.model_dump() for h in ex["hits"]]}
                   for ex in examples],
     )
