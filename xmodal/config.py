@@ -72,6 +72,22 @@ class Settings(BaseSettings):
     # Ingest
     batch_size: int = Field(64, ge=1, le=4096, description="ingest micro-batch size")
     batch_window_ms: int = Field(50, ge=1, le=60_000, description="longest wait to fill a micro-batch")
+    fetch_max_bytes: int = Field(
+        8 * 1024 * 1024,
+        ge=64 * 1024,
+        le=1024 * 1024 * 1024,
+        description="bytes the ingest consumer prefetches per assigned partition (a larger record still comes whole)",
+    )
+    batch_max_decoded_bytes: int = Field(
+        256 * 1024 * 1024,
+        ge=1024 * 1024,
+        description="decoded media (pixels, samples) held at once per micro-batch; a batch past it is encoded in parts",
+    )
+    dlq_max_record_bytes: int = Field(
+        1_000_000,
+        ge=16 * 1024,
+        description="largest dead-letter record (key + value + headers); a larger one is stored truncated",
+    )
 
     # Query service
     query_concurrency: int = Field(8, ge=1, le=256, description="search requests served at once")

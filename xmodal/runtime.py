@@ -124,7 +124,9 @@ class Node:
         # Loads every tower and checks every collection's dimension before consuming anything.
         from xmodal.streams.pipeline import IngestPipeline
 
-        pipeline = IngestPipeline(self.spaces, self.index, limits)
+        pipeline = IngestPipeline(
+            self.spaces, self.index, limits, max_decoded_bytes=self.settings.batch_max_decoded_bytes
+        )
         pipeline.start()
         serve_metrics(settings.metrics_port)
         if self.roles.ingest:

@@ -137,9 +137,11 @@ class _Reply(BaseModel):
 
 class SearchHit(_Reply):
     id: str
-    score: float
+    score: float  # calibrated: comparable across modalities and spaces (docs/protocol.md)
     modality: str
     metadata: Metadata = Field(default_factory=dict)
+    cosine: float | None = None  # raw similarity in `space` (absent from older services)
+    space: str | None = None  # the space whose list gave `score`
 
 
 class ErrorInfo(_Reply):
@@ -225,7 +227,12 @@ def parse_media_event(key: bytes | None, value: bytes | None) -> MediaEvent:
     if value is None:
         if not key_text:
             raise SchemaError("a tombstone (null value) needs the item id as its key", code="invalid_key", field="key")
-        return MediaEvent(id=key_text, op="delete")
+        # The key is the id: it is validated like one (a 513-character key is refused, not fatal).
+        try:
+            return MediaEvent.model_validate({"id": key_text, "op": "delete"})
+        except ValidationError as e:
+            error = _schema_error(e, "MediaEvent")
+            raise SchemaError(f"tombstone key: {error.message}", code=error.code, field="key") from e
     try:
         event = MediaEvent.model_validate(_load_json(value, "MediaEvent"))
     except ValidationError as e:

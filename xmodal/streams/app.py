@@ -5,6 +5,21 @@ executor thread (encoding is CPU/GPU-bound; a blocked loop would stop heartbeats
 letters, then ack. Acks are manual (`noack_take`) and happen only after the index acknowledged
 the writes and the DLQ acknowledged the dead letters, so a crash mid-batch replays the batch
 instead of losing it; deterministic point ids make the replay harmless.
+
+Two faust behaviours would break that promise, and are closed here:
+- `noack_take` restores the stream's `enable_acks` when the agent leaves it, after which faust acks
+  every event it reads itself, processed or not. The agent turns acks off before it starts, so
+  only its own `stream.ack` calls ever ack an event.
+- faust commits the end of the first run of consecutive acked offsets, and looks for an unacked
+  head only when the partition already had a committed offset (`_new_offset`: `if
+  committed_offset:`). In a fresh group, anything acked past a failed batch (faust also acks
+  skipped events while it stops) would commit past the batch and lose it. So once a batch failed,
+  the consumer is fenced: it commits nothing more, and the next owner replays from the last
+  batch that was written.
+
+Memory is bounded in bytes: the consumer prefetches at most `XMODAL_FETCH_MAX_BYTES` per assigned
+partition, and the stream buffer holds at most two batches of events between the fetcher and the
+agent (see `buffer_limits`).
 """
 
 from __future__ import annotations
@@ -14,15 +29,16 @@ import logging
 import ssl
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from xmodal.config import Settings
-from xmodal.errors import ConfigError
+from xmodal.errors import ConfigError, XmodalError
 from xmodal.streams.pipeline import IngestPipeline, SourceRecord
 
-__all__ = ["create_app", "faust_credentials", "to_source_record"]
+__all__ = ["IngestApp", "buffer_limits", "create_app", "faust_credentials", "to_source_record"]
 
 log = logging.getLogger(__name__)
 
@@ -72,19 +88,95 @@ def to_source_record(event: faust.types.EventT) -> SourceRecord:
         key=message.key,
         value=message.value,
         timestamp_ms=int(message.timestamp * 1000) if message.timestamp else None,
-        headers=tuple((str(k), bytes(v) if v is not None else b"") for k, v in headers),
+        headers=tuple((str(k), _header_bytes(v)) for k, v in headers),
     )
+
+
+def _header_bytes(value: Any) -> bytes:
+    # Header values are bytes from aiokafka; anything else (None, str) is mapped, never raised on.
+    if value is None:
+        return b""
+    if isinstance(value, str):
+        return value.encode("utf-8", errors="surrogatepass")
+    return bytes(value)
+
+
+class _FencedConsumer(faust_aiokafka.Consumer):
+    """faust's aiokafka consumer that commits nothing once `fenced` (see the module docstring)."""
+
+    fenced = False
+
+    def _should_commit(self, tp: Any, offset: int) -> bool:
+        return not self.fenced and super()._should_commit(tp, offset)
+
+
+class _Transport(faust_aiokafka.Transport):
+    Consumer = _FencedConsumer
+
+
+class IngestApp(faust.App):
+    """The ingest app: a faust App whose consumer can be fenced, and that drains before it stops."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure: BaseException | None = None  # why ingest stopped on its own, else None
+        self.draining = False
+        self._batch_lock: asyncio.Lock | None = None  # made on the app's loop, on first use
+
+    def _new_transport(self) -> Any:
+        return _Transport(self.conf.broker_consumer, self)
+
+    @property
+    def batch_lock(self) -> asyncio.Lock:
+        """Held by the agent while a batch is in hand (processing, dead letters, acks)."""
+        if self._batch_lock is None:
+            self._batch_lock = asyncio.Lock()
+        return self._batch_lock
+
+    def fail(self, reason: BaseException) -> None:
+        """Stop ingesting for good: nothing more is committed; the host process sees `failure`."""
+        cast(_FencedConsumer, self.consumer).fenced = True
+        self.failure = reason
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Let the batch in hand finish (written and acked, so its offsets commit at stop) and
+        take no further batch. False when the batch did not finish in time (it is replayed)."""
+        self.draining = True  # first: a batch taken from now on is left unacked for the next owner
+        try:
+            await asyncio.wait_for(self.batch_lock.acquire(), timeout_s)
+        except asyncio.TimeoutError:
+            return False
+        self.batch_lock.release()
+        return True
+
+
+def buffer_limits(settings: Settings) -> dict[str, Any]:
+    """Faust/aiokafka settings that bound what the agent holds in memory, in bytes and events.
+
+    - `consumer_max_fetch_size` (aiokafka `max_partition_fetch_bytes`): what one fetch returns per
+      partition; aiokafka keeps at most one fetched response per partition, so prefetched bytes are
+      at most assigned partitions x XMODAL_FETCH_MAX_BYTES. A record larger than the limit is still
+      returned whole (Kafka's KIP-74), so it never stalls a partition.
+    - `stream_buffer_maxsize` (events between the fetcher and the agent; faust's default is 4096,
+      i.e. up to 4 GiB of 1 MB events) is two batches: the next batch is ready while one is encoded.
+    - `broker_max_poll_records`: one poll hands at most one batch to the buffer.
+    """
+    return {
+        "consumer_max_fetch_size": settings.fetch_max_bytes,
+        "stream_buffer_maxsize": 2 * settings.batch_size,
+        "broker_max_poll_records": settings.batch_size,
+    }
 
 
 def create_app(
     settings: Settings, bootstrap: str, pipeline: IngestPipeline, executor: ThreadPoolExecutor
-) -> faust.App:
+) -> IngestApp:
     """A Faust app with the ingest agent bound to `pipeline` (already started by the caller).
 
     `executor` runs `pipeline.process`; give it one worker: the towers use every core themselves
     and two batches at once would thrash.
     """
-    app = faust.App(
+    app = IngestApp(
         f"{settings.topic_prefix}-ingest",
         broker=f"kafka://{bootstrap}",
         key_serializer="raw",
@@ -98,6 +190,7 @@ def create_app(
         consumer_auto_offset_reset="earliest",
         broker_commit_every=settings.batch_size,
         broker_commit_interval=1.0,
+        **buffer_limits(settings),
         **faust_credentials(settings),
     )
     media = app.topic(settings.media_topic, key_type=bytes, value_type=bytes)
@@ -106,30 +199,44 @@ def create_app(
 
     async def dead_letter(result_dead: Sequence[Any]) -> None:
         pending = [
-            await dlq.send(key=d.record.key, value=d.record.value, headers=d.headers()) for d in result_dead
+            await dlq.send(key=key, value=value, headers=headers)
+            for key, value, headers in (d.kafka_record(settings.dlq_max_record_bytes) for d in result_dead)
         ]
         await asyncio.gather(*pending)  # delivered before the source events are acked
 
     @app.agent(media, name="ingest")
     async def ingest(stream: faust.StreamT[Any]) -> None:
         loop = asyncio.get_running_loop()
+        # noack_take restores this value when the agent leaves it: False, so faust never acks
+        # events on its own (the module docstring says why).
+        stream.enable_acks = False
         async for events in stream.noack_take(settings.batch_size, within=window_s):
-            records = [to_source_record(e) for e in events]
-            try:
-                result = await loop.run_in_executor(executor, pipeline.process, records)
-                if result.dead:
-                    await dead_letter(result.dead)
-                    for d in result.dead:
-                        log.warning(
-                            "dead-lettered %s[%d]@%d: %s: %s",
-                            d.record.topic, d.record.partition, d.record.offset, d.code, d.message,
-                        )
-            except Exception as e:
-                # Index or DLQ unavailable after retries: stop without acking; a restart replays.
-                log.exception("ingest batch failed; stopping the worker so the batch is replayed")
-                await app.crash(e)
-                return
-            for event in events:
-                await stream.ack(event)
+            async with app.batch_lock:
+                if app.draining or app.failure is not None:
+                    continue  # stopping: left unacked, replayed by the next owner of the partition
+                try:
+                    records = [to_source_record(e) for e in events]
+                    result = await loop.run_in_executor(executor, pipeline.process, records)
+                    if result.dead:
+                        await dead_letter(result.dead)
+                        for d in result.dead:
+                            log.warning(
+                                "dead-lettered %s[%d]@%d: %s: %s",
+                                d.record.topic, d.record.partition, d.record.offset, d.code, d.message,
+                            )
+                except Exception as e:  # noqa: BLE001 - any failure here stops ingest unacked
+                    # Index or DLQ unavailable after retries: fence the consumer so nothing more
+                    # commits, and let the host stop this process (it leaves the group) so a
+                    # restart, or another worker, replays the batch.
+                    app.fail(e)
+                    log.error(
+                        "ingest stopped: a batch of %d events could not be written (%s: %s); "
+                        "its offsets are not committed and it will be replayed",
+                        len(events), type(e).__name__, e,
+                        exc_info=not isinstance(e, XmodalError),  # a traceback only for a bug
+                    )
+                    return
+                for event in events:
+                    await stream.ack(event)
 
     return app

@@ -5,8 +5,15 @@ No Kafka here: the Faust agent hands a micro-batch of `SourceRecord`s to `Ingest
 
 - a record that cannot be parsed, whose media cannot be fetched/decoded, whose modality no
   configured space supports, or that a tower fails on -> a `DeadLetter` with its code; the rest
-  of the batch goes on;
-- an index write that fails -> raised (after the index's own retries); the agent does not ack.
+  of the batch goes on. Anything else a record's content makes the code raise is a dead letter
+  too (`internal_error`, with the exception type): no event can stop ingestion;
+- a point the index refuses while the index answers otherwise -> `index_rejected`, and the item
+  is written in no space;
+- an index that fails as a whole (after its own retries) -> raised; the agent does not ack.
+
+Memory: decoded media (pixels, samples) held at once stays within `max_decoded_bytes` (plus the
+one item being decoded): a batch whose media would exceed it is encoded and written in parts,
+in order, which gives the same final state as one pass.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 
 from xmodal.encoders.base import Encoder, Modality, Vectors
 from xmodal.encoders.media import MediaLimits, load_media
-from xmodal.errors import EncodeError, MediaError, SchemaError, XmodalError
+from xmodal.errors import DimensionMismatch, EncodeError, VectorIndexError, XmodalError
 from xmodal.indexer.base import IndexPoint, VectorIndex
 from xmodal.metrics import DEAD_LETTERS, EVENTS, INDEX_LAG, timed
 from xmodal.schema import MediaEvent, parse_media_event
@@ -32,6 +39,12 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 ERROR_HEADER_PREFIX = "xmodal.error."
+DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
+# Per-header and per-record framing in Kafka's record format, rounded up: a size estimate that
+# errs on the safe side of the broker's limit.
+_HEADER_OVERHEAD = 16
+_RECORD_OVERHEAD = 128
+_KEPT_KEY_BYTES = 1024  # a dead letter's key is cut to this when the record must shrink
 
 
 @dataclass(frozen=True)
@@ -56,6 +69,9 @@ class DeadLetter:
 
     def headers(self) -> list[tuple[str, bytes]]:
         """Original headers plus the reason and the source coordinates, for the DLQ record."""
+        return [*self.record.headers, *self._reason()]
+
+    def _reason(self) -> list[tuple[str, bytes]]:
         reason = {
             "code": self.code,
             "message": self.message[:2000],
@@ -64,7 +80,45 @@ class DeadLetter:
             "partition": str(self.record.partition),
             "offset": str(self.record.offset),
         }
-        return [*self.record.headers, *((ERROR_HEADER_PREFIX + k, v.encode()) for k, v in reason.items())]
+        # surrogatepass: a message may quote hostile text; the header must still be bytes.
+        return [(ERROR_HEADER_PREFIX + k, v.encode("utf-8", "surrogatepass")) for k, v in reason.items()]
+
+    def kafka_record(self, max_bytes: int) -> tuple[bytes | None, bytes | None, list[tuple[str, bytes]]]:
+        """(key, value, headers) of the DLQ record, at most about `max_bytes` in all.
+
+        A record that would be larger (its value, or hostile headers, near the broker's limit) is
+        stored truncated: the reason headers stay whole, the value is cut, and the original
+        headers are dropped only if they alone do not fit; `xmodal.error.truncated` and
+        `xmodal.error.original_size` (bytes of key + value + headers as it arrived) say so.
+        """
+        key, value, headers = self.record.key, self.record.value, self.headers()
+        size = _record_size(key, value, headers)
+        if size <= max_bytes:
+            return key, value, headers
+        original = _record_size(self.record.key, self.record.value, list(self.record.headers))
+        marks = [
+            (ERROR_HEADER_PREFIX + "truncated", b"true"),
+            (ERROR_HEADER_PREFIX + "original_size", str(original).encode()),
+        ]
+        key = key[:_KEPT_KEY_BYTES] if key is not None else None
+        kept = list(self.record.headers)
+        fixed = _record_size(key, None, [*self._reason(), *marks])
+        if fixed + _record_size(None, None, kept) - _RECORD_OVERHEAD > max_bytes // 2:
+            marks.append((ERROR_HEADER_PREFIX + "dropped_headers", str(len(kept)).encode()))
+            kept = []
+        room = max_bytes - fixed - (_record_size(None, None, kept) - _RECORD_OVERHEAD) - _HEADER_OVERHEAD * 2
+        if value is not None:
+            value = value[: max(room, 0)]
+        return key, value, [*kept, *self._reason(), *marks]
+
+
+def _record_size(key: bytes | None, value: bytes | None, headers: Sequence[tuple[str, bytes]]) -> int:
+    return (
+        _RECORD_OVERHEAD
+        + len(key or b"")
+        + len(value or b"")
+        + sum(len(k.encode("utf-8", "surrogatepass")) + len(v) + _HEADER_OVERHEAD for k, v in headers)
+    )
 
 
 @dataclass
@@ -76,10 +130,29 @@ class BatchResult:
 
 @dataclass
 class _Item:
-    position: int  # in the batch's valid events: identifies this event (an item id may repeat)
     record: SourceRecord
     event: MediaEvent
     content: Any = None  # str | PIL image | Waveform, once decoded
+    position: int = -1  # in the part being written: identifies this event (an item id may repeat)
+
+    @property
+    def decoded_bytes(self) -> int:
+        return _decoded_bytes(self.content)
+
+
+def _decoded_bytes(content: Any) -> int:
+    """Memory the decoded content holds: pixels of an image, samples of a clip, bytes of a text."""
+    if content is None:
+        return 0
+    if isinstance(content, str):
+        return len(content)
+    samples = getattr(content, "samples", None)  # Waveform
+    if isinstance(samples, np.ndarray):
+        return int(samples.nbytes)
+    size, bands = getattr(content, "size", None), getattr(content, "getbands", None)  # PIL image
+    if isinstance(size, tuple) and callable(bands):
+        return int(size[0] * size[1] * len(bands()))
+    return 0
 
 
 def encode_items(
@@ -136,10 +209,19 @@ def _as_encode_error(e: BaseException) -> XmodalError:
 class IngestPipeline:
     """Parse -> decode media -> encode per space and modality -> upsert (wait) / delete."""
 
-    def __init__(self, spaces: Mapping[str, Encoder], index: VectorIndex, limits: MediaLimits) -> None:
+    def __init__(
+        self,
+        spaces: Mapping[str, Encoder],
+        index: VectorIndex,
+        limits: MediaLimits,
+        *,
+        max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+    ) -> None:
         self._spaces = dict(spaces)
         self._index = index
-        self._limits = limits
+        # Audio is decoded only as far as the configured towers read it.
+        self._limits = limits.for_encoders(self._spaces.values())
+        self._max_decoded_bytes = max_decoded_bytes
 
     def start(self) -> None:
         """Start-up hook: load every tower and check each collection's dimension."""
@@ -152,29 +234,26 @@ class IngestPipeline:
         return frozenset().union(*(e.modalities for e in self._spaces.values()))
 
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
+        """Index `records` in order; every record is indexed, deleted or dead-lettered.
+
+        Raises only when the index fails as a whole (VectorIndexError): then nothing may be acked.
+        """
         result = BatchResult()
-        items = self._decode(records, result)
-        candidates = self._candidates(items)
-        vectors, failed = self._encode([it for it in candidates if it.event.op == "upsert"], result)
-        upserts, deletes = self._outcome(candidates, failed)
-        points = {
-            space: [self._point(item, by_item[item.position]) for item in upserts if item.position in by_item]
-            for space, by_item in vectors.items()
-        }
-        with timed("upsert"):
-            for space, space_points in points.items():
-                if space_points:
-                    self._index.upsert(space, space_points)
-                # An item that changed modality must not keep its old point in a space that
-                # cannot encode the new one.
-                stale = [it.event.id for it in upserts if it.position not in vectors[space]]
-                if deletes or stale:
-                    self._index.delete(space, deletes + stale)
-        now_ms = time.time() * 1000
-        for item in upserts:
-            if item.record.timestamp_ms:
-                INDEX_LAG.observe(max(now_ms - item.record.timestamp_ms, 0) / 1000)
-        result.indexed, result.deleted = len(upserts), len(deletes)
+        part: list[_Item] = []
+        held = 0
+        for record in records:
+            with timed("decode"):  # per record: a part may be written between two decodes
+                item = self._decode(record, result)
+            if item is None:
+                continue
+            if part and held + item.decoded_bytes > self._max_decoded_bytes:
+                self._write(part, result)
+                part, held = [], 0
+            item.position = len(part)
+            part.append(item)
+            held += item.decoded_bytes
+        if part:
+            self._write(part, result)
         EVENTS.labels("indexed").inc(result.indexed)
         EVENTS.labels("deleted").inc(result.deleted)
         EVENTS.labels("dead_lettered").inc(len(result.dead))
@@ -182,25 +261,85 @@ class IngestPipeline:
             DEAD_LETTERS.labels(dead.code).inc()
         return result
 
-    def _decode(self, records: Sequence[SourceRecord], result: BatchResult) -> list[_Item]:
-        items = []
-        with timed("decode"):
-            for record in records:
+    def _decode(self, record: SourceRecord, result: BatchResult) -> _Item | None:
+        """The record as an event with its decoded content, or None once it is dead-lettered."""
+        try:
+            event = parse_media_event(record.key, record.value)
+            item = _Item(record, event)
+            if event.op == "upsert":
+                self._check_supported(event)
+                if event.modality == "text":
+                    item.content = event.text
+                else:
+                    item.content = load_media(event.modality, data_b64=event.data, uri=event.uri, limits=self._limits)
+            return item
+        except XmodalError as e:
+            result.dead.append(DeadLetter(record, e.code, e.message, "decode"))
+        except Exception as e:  # noqa: BLE001 - no content of an event may stop ingestion
+            log.warning("unexpected error decoding %s[%d]@%d", record.topic, record.partition, record.offset, exc_info=True)
+            result.dead.append(DeadLetter(record, "internal_error", f"{type(e).__name__}: {e}", "decode"))
+        return None
+
+    def _write(self, items: list[_Item], result: BatchResult) -> None:
+        """Encode and write one part of a batch: each item's final state, in every space."""
+        candidates = self._candidates(items)
+        vectors, failed = self._encode([it for it in candidates if it.event.op == "upsert"], result)
+        upserts, deletes = self._outcome(candidates, failed)
+        points = {
+            space: [(item, self._point(item, by_item[item.position])) for item in upserts if item.position in by_item]
+            for space, by_item in vectors.items()
+        }
+        rejected: dict[int, _Item] = {}
+        with timed("upsert"):
+            for space, pairs in points.items():
+                for item, error in self._upsert(space, [(it, p) for it, p in pairs if it.position not in rejected]):
+                    rejected[item.position] = item
+                    result.dead.append(DeadLetter(item.record, "index_rejected", error.message, "upsert"))
+                # An item that changed modality must not keep its old point in a space that
+                # cannot encode the new one.
+                stale = [it.event.id for it in upserts if it.position not in vectors[space]]
+                if deletes or stale:
+                    self._index.delete(space, deletes + stale)
+            if rejected:  # written in no space: spaces must not disagree about an item
+                for space in self._spaces:
+                    self._index.delete(space, [it.event.id for it in rejected.values()])
+        upserts = [it for it in upserts if it.position not in rejected]
+        now_ms = time.time() * 1000
+        for item in upserts:
+            if item.record.timestamp_ms:
+                INDEX_LAG.observe(max(now_ms - item.record.timestamp_ms, 0) / 1000)
+        result.indexed += len(upserts)
+        result.deleted += len(deletes)
+
+    def _upsert(
+        self, space: str, pairs: list[tuple[_Item, IndexPoint]]
+    ) -> list[tuple[_Item, VectorIndexError]]:
+        """Upsert the points; return those the index refused while it answered otherwise.
+
+        An index that fails as a whole (the probe fails too, or every point fails) is raised.
+        """
+        if not pairs:
+            return []
+        try:
+            self._index.upsert(space, [p for _, p in pairs])
+            return []
+        except DimensionMismatch:
+            raise
+        except VectorIndexError as batch_error:
+            try:
+                self._index.count(space)  # does the index answer at all?
+            except XmodalError:
+                raise batch_error from None
+            refused: list[tuple[_Item, VectorIndexError]] = []
+            for item, point in pairs:
                 try:
-                    event = parse_media_event(record.key, record.value)
-                    item = _Item(len(items), record, event)
-                    if event.op == "upsert":
-                        self._check_supported(event)
-                        if event.modality == "text":
-                            item.content = event.text
-                        else:
-                            item.content = load_media(
-                                event.modality, data_b64=event.data, uri=event.uri, limits=self._limits
-                            )
-                    items.append(item)
-                except (SchemaError, MediaError, EncodeError) as e:
-                    result.dead.append(DeadLetter(record, e.code, e.message, "decode"))
-        return items
+                    self._index.upsert(space, [point])
+                except VectorIndexError as e:
+                    refused.append((item, e))
+            if len(refused) == len(pairs) > 1:
+                raise batch_error from None
+            log.warning("space %r refused %d of %d points", space, len(refused), len(pairs))
+            return refused
 
     def _check_supported(self, event: MediaEvent) -> None:
         if event.modality not in self.supported:
