@@ -111,6 +111,16 @@ def test_delete_by_item_ids(filled: VectorIndex) -> None:
     assert filled.count("s") == 8
 
 
+def test_sample_returns_stored_vectors_of_one_modality(filled: VectorIndex) -> None:
+    images = filled.sample("s", "image", 100)
+    assert images.shape == (4, DIM) and images.dtype == np.float32
+    stored = np.stack([unit(i) for i in (0, 3, 6, 9)])
+    # every sampled row is one of the image items' vectors (engines store them normalised)
+    assert np.allclose(np.abs(images @ stored.T).max(axis=1), 1.0, atol=1e-5)
+    assert filled.sample("s", "image", 2).shape == (2, DIM)
+    assert filled.sample("s", "video", 5).shape == (0, DIM)
+
+
 def test_modality_filter(filled: VectorIndex) -> None:
     images = filled.search("s", unit(0), k=10, modalities=["image"])
     assert ids(images) and {h.modality for h in images} == {"image"}

@@ -1,83 +1,65 @@
-"""Reciprocal rank fusion: scores, ties, payload, single-space passthrough."""
+"""Calibrated fusion: pure functions, numbers one can check by hand."""
 
 from __future__ import annotations
 
-import math
-
+import numpy as np
 import pytest
 
 from xmodal.indexer.base import Hit
-from xmodal.query_api.fusion import RRF_K, fuse
+from xmodal.query_api.fusion import PRIOR_ITEMS, PRIOR_SCALE, SCALE_FLOOR, Calibration, RankedList, calibration, fuse
 
 
-def hit(item: str, score: float = 0.5, modality: str = "text", **metadata: object) -> Hit:
-    return Hit(item_id=item, score=score, modality=modality, metadata=dict(metadata))
+def hit(item: str, score: float, modality: str = "text") -> Hit:
+    return Hit(item_id=item, score=score, modality=modality, metadata={"m": item})
 
 
-def test_single_space_keeps_cosine_scores_and_payload() -> None:
-    hits = [hit("a", 0.91, "image", album="x"), hit("b", 0.52)]
-    fused = fuse({"clip": hits}, k=10)
-    assert [(h.id, h.score, h.modality, h.metadata) for h in fused] == [
-        ("a", 0.91, "image", {"album": "x"}),
-        ("b", 0.52, "text", {}),
-    ]
+def unit_rows(cosines: list[float], dim: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """A query e0 and unit vectors whose cosines with it are `cosines`."""
+    query = np.eye(dim, dtype=np.float32)[0]
+    rows = np.array([[c, (1 - c * c) ** 0.5, 0.0] for c in cosines], dtype=np.float32)
+    return query, rows
 
 
-def test_single_space_truncates_to_k() -> None:
-    assert [h.id for h in fuse({"mini": [hit("a"), hit("b"), hit("c")]}, k=2)] == ["a", "b"]
+def test_calibration_is_a_robust_z_score_shrunk_towards_the_prior() -> None:
+    cosines = [0.1, 0.2, 0.2, 0.3, 0.9]  # median 0.2, MAD 0.1 (the 0.9 outlier does not move them)
+    query, background = unit_rows(cosines)
+    c = calibration(query, background)
+    w = 5 / (5 + PRIOR_ITEMS)
+    assert c.center == pytest.approx(w * 0.2, abs=1e-6)
+    assert c.scale == pytest.approx(w * 0.1 * 1.4826 + (1 - w) * PRIOR_SCALE, abs=1e-6)
+    assert c(0.9) == pytest.approx((0.9 - c.center) / c.scale)
 
 
-def test_rrf_scores_follow_the_formula() -> None:
-    fused = fuse({"clip": [hit("a"), hit("b")], "clap": [hit("b"), hit("c")]}, k=10)
-    scores = {h.id: h.score for h in fused}
-    assert scores["b"] == pytest.approx(1 / (RRF_K + 2) + 1 / (RRF_K + 1))
-    assert scores["a"] == pytest.approx(1 / (RRF_K + 1))
-    assert scores["c"] == pytest.approx(1 / (RRF_K + 2))
-    assert [h.id for h in fused] == ["b", "a", "c"]  # agreement beats one first place
+def test_a_uniform_background_keeps_the_floor() -> None:
+    query, background = unit_rows([0.3] * 200)
+    c = calibration(query, background)
+    w = 200 / (200 + PRIOR_ITEMS)
+    assert c.scale == pytest.approx(w * SCALE_FLOOR + (1 - w) * PRIOR_SCALE, abs=1e-6)
+    assert calibration(query, background[:0]) == Calibration(0.0, PRIOR_SCALE)
 
 
-def test_cosine_scores_do_not_leak_into_the_fusion() -> None:
-    # A space with high raw cosines must not outvote another: only ranks count.
-    fused = fuse({"high": [hit("a", 0.99)], "low": [hit("b", 0.01)]}, k=2)
-    assert fused[0].score == fused[1].score == 1 / (RRF_K + 1)
+def test_modalities_interleave_by_how_far_each_hit_stands_above_its_background() -> None:
+    # Texts: high raw cosines everywhere (background around 0.6); images: low (around 0.1), one right.
+    texts = RankedList("s", "text", Calibration(0.6, 0.1), [hit("t1", 0.75), hit("t2", 0.62)])
+    images = RankedList("s", "image", Calibration(0.1, 0.05), [hit("i1", 0.35, "image"), hit("i2", 0.12, "image")])
+    fused = fuse([texts, images], k=4)
+    assert [h.id for h in fused] == ["i1", "t1", "i2", "t2"]  # raw cosine order would be t1 t2 i1 i2
+    assert [h.score for h in fused] == pytest.approx([5.0, 1.5, 0.4, 0.2])
+    assert [h.cosine for h in fused] == pytest.approx([0.35, 0.75, 0.12, 0.62])
+    assert fused[0].modality == "image" and fused[0].metadata == {"m": "i1"} and fused[0].space == "s"
 
 
-def test_ties_keep_first_seen_order_by_space_then_rank() -> None:
-    fused = fuse({"s1": [hit("x"), hit("y")], "s2": [hit("z"), hit("w")]}, k=10)
-    assert [h.id for h in fused] == ["x", "z", "y", "w"]
-    again = fuse({"s1": [hit("x"), hit("y")], "s2": [hit("z"), hit("w")]}, k=10)
-    assert again == fused
+def test_an_item_in_several_spaces_takes_its_best_score_and_k_cuts() -> None:
+    a = RankedList("a", "text", Calibration(0.0, 0.1), [hit("x", 0.3), hit("y", 0.2)])
+    b = RankedList("b", "text", Calibration(0.0, 0.1), [hit("y", 0.5), hit("z", 0.1)])
+    fused = fuse([a, b], k=2)
+    assert [(h.id, h.space) for h in fused] == [("y", "b"), ("x", "a")]
+    assert fused[0].score == pytest.approx(5.0)
 
 
-def test_equal_rank_sets_tie_exactly_whatever_the_order() -> None:
-    ranked = {
-        "s1": [hit("a"), hit("b"), hit("c")],
-        "s2": [hit("c"), hit("a"), hit("b")],
-        "s3": [hit("b"), hit("c"), hit("a")],
-    }
-    scores = {h.id: h.score for h in fuse(ranked, k=3)}
-    assert scores["a"] == scores["b"] == scores["c"] == math.fsum(1 / (RRF_K + r) for r in (1, 2, 3))
-    assert [h.id for h in fuse(ranked, k=3)] == ["a", "b", "c"]
-
-
-def test_first_occurrence_gives_modality_and_metadata() -> None:
-    fused = fuse({"s1": [hit("a", modality="image", v=1)], "s2": [hit("a", modality="image", v=2)]}, k=1)
-    assert fused[0].metadata == {"v": 1}
-    assert fused[0].modality == "image"
-
-
-def test_repeated_item_in_one_list_counts_once() -> None:
-    fused = fuse({"s1": [hit("a"), hit("a")], "s2": []}, k=5)
-    assert [(h.id, h.score) for h in fused] == [("a", 1 / (RRF_K + 1))]
-
-
-def test_empty_and_k_bounds() -> None:
-    assert fuse({"s1": [], "s2": []}, k=3) == []
-    assert fuse({}, k=3) == []
+def test_ties_keep_list_order_and_engine_order() -> None:
+    a = RankedList("a", "text", Calibration(0.0, 0.1), [hit("p", 0.2), hit("q", 0.2)])
+    b = RankedList("b", "image", Calibration(0.0, 0.1), [hit("r", 0.2, "image")])
+    assert [h.id for h in fuse([a, b], k=3)] == ["p", "q", "r"]
     with pytest.raises(ValueError):
-        fuse({"s1": []}, k=0)
-
-
-def test_k_cuts_after_fusion() -> None:
-    ranked = {"s1": [hit(f"a{i}") for i in range(5)], "s2": [hit(f"a{i}") for i in reversed(range(5))]}
-    assert len(fuse(ranked, k=2)) == 2
+        fuse([a], k=0)

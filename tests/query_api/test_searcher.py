@@ -6,6 +6,7 @@ import base64
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 from prometheus_client import REGISTRY
 from qa_support import MiniText, ToySpace, make_request, png_bytes, wav_bytes
@@ -13,7 +14,8 @@ from qa_support import MiniText, ToySpace, make_request, png_bytes, wav_bytes
 from xmodal.encoders.media import MediaLimits
 from xmodal.errors import EncodeError, MediaError, SchemaError
 from xmodal.indexer import VectorIndex
-from xmodal.query_api import RRF_K, Searcher
+from xmodal.query_api import Searcher
+from xmodal.query_api.fusion import PRIOR_ITEMS, PRIOR_SCALE, SCALE_FLOOR
 
 
 @pytest.fixture(scope="module")
@@ -45,8 +47,9 @@ def test_text_query_finds_the_semantically_nearest_caption(mini_only: Searcher) 
     assert hits[0].id == "cap/crimson-disc"
     assert hits[0].metadata == {"album": "shapes", "n": 1}
     assert hits[0].modality == "text"
-    assert 0 < hits[0].score <= 1  # one space: cosine, not a fused rank score
-    assert hits[0].score > hits[1].score
+    assert hits[0].cosine is not None and 0 < hits[0].cosine <= 1  # the raw similarity rides along
+    assert hits[0].score > hits[1].score and hits[0].cosine > hits[1].cosine  # monotone within a modality
+    assert hits[0].space == "mini"
 
 
 def test_k_modalities_and_filter_reach_the_index(mini_only: Searcher) -> None:
@@ -60,17 +63,32 @@ def test_k_modalities_and_filter_reach_the_index(mini_only: Searcher) -> None:
     assert sounds == []
 
 
-def test_several_spaces_are_fused_by_rank(searcher: Searcher) -> None:
+def calibrated(index: VectorIndex, space: str, modality: str, query: np.ndarray, cosine: float) -> float:
+    """The calibrated score by hand: robust z-score against the space's items of that modality."""
+    cosines = index.sample(space, modality, 1000) @ query
+    center = float(np.median(cosines))
+    spread = max(1.4826 * float(np.median(np.abs(cosines - center))), SCALE_FLOOR)
+    w = len(cosines) / (len(cosines) + PRIOR_ITEMS)  # shrunk towards the prior (0, PRIOR_SCALE)
+    return (cosine - w * center) / (w * spread + (1 - w) * PRIOR_SCALE)
+
+
+def test_several_spaces_are_fused_by_their_best_calibrated_score(
+    searcher: Searcher, index: VectorIndex, mini: MiniText
+) -> None:
     hits = searcher.search(make_request(query={"text": "a red circle"}, k=3, modalities=["text"]))
     assert hits[0].id == "cap/crimson-disc"  # first in both spaces
-    assert hits[0].score == pytest.approx(2 / (RRF_K + 1))
+    query = {"mini": mini.encode_texts(["a red circle"])[0], "toy": ToySpace().encode_texts(["a red circle"])[0]}
+    top = {name: index.search(name, q, 1, modalities=["text"])[0] for name, q in query.items()}
+    by_space = {name: calibrated(index, name, "text", query[name], top[name].score) for name in query}
+    assert hits[0].score == pytest.approx(max(by_space.values()), rel=1e-4)
+    assert hits[0].space == max(by_space, key=by_space.__getitem__)
 
 
 def test_requested_spaces_restrict_the_search(searcher: Searcher) -> None:
-    toy = searcher.search(make_request(query={"text": "blue"}, k=1, spaces=["toy"]))
+    toy = searcher.search(make_request(query={"text": "blue"}, k=1, spaces=["toy"], modalities=["image"]))
     assert ids(toy) == ["img/blue-sky"]
-    assert toy[0].score == pytest.approx(1 / (0.1**2 * 2 + 1 + 0.05**2) ** 0.5, rel=1e-4)  # plain cosine
-    twice = searcher.search(make_request(query={"text": "blue"}, k=1, spaces=["toy", "toy"]))
+    assert toy[0].cosine == pytest.approx(1 / (0.1**2 * 2 + 1 + 0.05**2) ** 0.5, rel=1e-4)  # plain cosine
+    twice = searcher.search(make_request(query={"text": "blue"}, k=1, spaces=["toy", "toy"], modalities=["image"]))
     assert twice == toy
 
 
@@ -97,7 +115,8 @@ def test_image_query_base64_and_uri(searcher: Searcher, media_root: Path) -> Non
     blue = base64.b64encode(png_bytes((0, 0, 255))).decode()
     assert searcher.search(make_request(query={"image": blue}, k=1))[0].id == "img/blue-sky"
     uri = (media_root / "red.png").as_uri()
-    assert searcher.search(make_request(query={"uri": uri, "modality": "image"}, k=1))[0].id == "img/tomato"
+    red = searcher.search(make_request(query={"uri": uri, "modality": "image"}, k=1, modalities=["image"]))
+    assert red[0].id == "img/tomato"
 
 
 def test_audio_query_base64_and_uri(searcher: Searcher, media_root: Path) -> None:

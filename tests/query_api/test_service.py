@@ -156,7 +156,7 @@ def test_a_hand_written_kafka_client_gets_the_same_hits(client: SearchClient, br
     raw = orjson.loads(value)
     assert set(raw) == {"request_id", "ok", "took_ms", "hits", "error"}
     assert raw["ok"] is True and raw["error"] is None and raw["request_id"] == "raw-1"
-    assert all(set(h) == {"id", "score", "modality", "metadata"} for h in raw["hits"])
+    assert all(set(h) == {"id", "score", "modality", "metadata", "cosine", "space"} for h in raw["hits"])
     assert parse_search_reply(value).hits == client.search("a dog", k=4)
 
 
@@ -165,7 +165,7 @@ def test_many_concurrent_requests_from_one_client_are_all_matched(client: Search
     asked = [(item, client.search_async(captions[item], k=2, spaces=["mini"])) for item in list(captions) * 8]
     for item, future in asked:
         hits = hits_or_raise(future.result(20))
-        assert hits[0].id == item and hits[0].score == pytest.approx(1.0, abs=1e-4)
+        assert hits[0].id == item and hits[0].cosine == pytest.approx(1.0, abs=1e-4)
 
 
 def test_filter_and_modalities_are_honoured(client: SearchClient) -> None:

@@ -105,6 +105,11 @@ def metadata_conditions(filter: Mapping[str, Any] | None) -> list[tuple[str, Met
     return conditions
 
 
+def sample_matrix(dim: int, vectors: Sequence[Any]) -> NDArray[np.float32]:
+    """Stored vectors (lists from either engine) as one (m, dim) float32 matrix."""
+    return np.asarray(vectors, dtype=np.float32).reshape(len(vectors), dim)
+
+
 def hit_from_payload(payload: Mapping[str, Any] | None, score: float) -> Hit:
     payload = payload or {}
     return Hit(

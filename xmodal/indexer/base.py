@@ -77,6 +77,14 @@ class VectorIndex(Protocol):
         """Nearest items by cosine; `modalities` keeps only those; `filter` is metadata equality."""
         ...
 
+    def sample(self, space: str, modality: str, n: int) -> NDArray[np.float32]:
+        """Up to `n` stored vectors of `modality` as an (m, dim) matrix, m <= n.
+
+        Points are taken in point-id order; ids are UUID5 hashes of item ids, so that order is
+        independent of content and arrival: a fixed pseudo-random sample of the items.
+        """
+        ...
+
     def count(self, space: str) -> int: ...
 
     def close(self) -> None: ...

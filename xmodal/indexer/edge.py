@@ -122,6 +122,14 @@ class EdgeIndex:
 
         return common.top_k(fetch, k)
 
+    def sample(self, space: str, modality: str, n: int) -> NDArray[np.float32]:
+        shard = self._shard(space)
+        request = qe.ScrollRequest(
+            limit=common.check_k(n), filter=_engine_filter([modality], None), with_vector=True, with_payload=False
+        )
+        records, _next = self._call(space, "sample", shard.engine.scroll, request)
+        return common.sample_matrix(shard.dim, [r.vector for r in records])
+
     def count(self, space: str) -> int:
         shard = self._shard(space)
         return self._call(space, "count", shard.engine.count, qe.CountRequest(exact=True))

@@ -174,6 +174,18 @@ class QdrantIndex:
 
         return common.top_k(fetch, k)
 
+    def sample(self, space: str, modality: str, n: int) -> NDArray[np.float32]:
+        records, _next = self._call(
+            "sample",
+            self.collection(space),
+            self._client.scroll,
+            scroll_filter=_query_filter([modality], None),
+            limit=common.check_k(n),
+            with_vectors=True,
+            with_payload=False,
+        )
+        return common.sample_matrix(self._dim(space), [r.vector for r in records])
+
     def count(self, space: str) -> int:
         return self._call("count", self.collection(space), self._client.count, exact=True).count
 

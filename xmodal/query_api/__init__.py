@@ -3,7 +3,7 @@
 - `Searcher`: SearchRequest -> fused hits, no Kafka (searcher.py).
 - `QueryService`: consumes `<prefix>.search.requests`, answers on each request's `reply_to`.
 - `SearchClient`: sends requests and matches replies by request_id; `hits_or_raise` for async use.
-- `fuse`, `RRF_K`: reciprocal rank fusion of several spaces' ranked lists.
+- `fuse`: one ranking across result modalities and spaces by calibrated scores (fusion.py).
 
 The wire protocol is docs/protocol.md.
 
@@ -18,16 +18,15 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from xmodal.query_api.client import SearchClient, hits_or_raise
-    from xmodal.query_api.fusion import RRF_K, fuse
+    from xmodal.query_api.fusion import fuse
     from xmodal.query_api.searcher import Searcher
     from xmodal.query_api.service import QueryService
 
-__all__ = ["RRF_K", "QueryService", "SearchClient", "Searcher", "fuse", "hits_or_raise"]
+__all__ = ["QueryService", "SearchClient", "Searcher", "fuse", "hits_or_raise"]
 
 _LAZY = {
     "SearchClient": "xmodal.query_api.client",
     "hits_or_raise": "xmodal.query_api.client",
-    "RRF_K": "xmodal.query_api.fusion",
     "fuse": "xmodal.query_api.fusion",
     "Searcher": "xmodal.query_api.searcher",
     "QueryService": "xmodal.query_api.service",

@@ -1,7 +1,8 @@
 """The search path as plain code, no Kafka: SearchRequest in, fused hits out.
 
     choose spaces -> decode the query (query_decode) -> encode it per space (query_encode)
-                  -> search each space (search) -> fuse (fusion.py)
+                  -> search each (space, result modality) (search)
+                  -> calibrate against that modality's background and fuse (fusion.py)
 
 Every refusal is an XmodalError with a stable code, which the query service puts in the error
 reply: `unknown_space` (SchemaError), `unsupported_modality` (EncodeError), the media codes of
@@ -18,12 +19,15 @@ import numpy as np
 from xmodal.encoders.base import Encoder, Modality, SerializedEncoder, Vectors
 from xmodal.encoders.media import MediaLimits, load_media
 from xmodal.errors import EncodeError, SchemaError, XmodalError
-from xmodal.indexer.base import Hit, VectorIndex
+from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import timed
-from xmodal.query_api.fusion import fuse
+from xmodal.query_api.backgrounds import Backgrounds
+from xmodal.query_api.fusion import RankedList, calibration, fuse
 from xmodal.schema import Query, SearchHit, SearchRequest
 
 __all__ = ["Searcher"]
+
+RESULT_MODALITIES: tuple[Modality, ...] = ("text", "image", "audio")
 
 
 class Searcher:
@@ -42,7 +46,8 @@ class Searcher:
             name: e if isinstance(e, SerializedEncoder) else SerializedEncoder(e) for name, e in spaces.items()
         }
         self._index = index
-        self._limits = limits
+        self._limits = limits.for_encoders(self._spaces.values())  # the same audio bound as ingest
+        self._backgrounds = Backgrounds(index)
 
     @property
     def spaces(self) -> tuple[str, ...]:
@@ -65,17 +70,19 @@ class Searcher:
         with timed("query_encode"):
             for name in spaces:
                 vectors[name] = self._encode(name, modality, content)
-        ranked: dict[str, list[Hit]] = {}
+        lists: list[RankedList] = []
         with timed("search"):
             for name in spaces:
-                ranked[name] = self._index.search(
-                    name,
-                    vectors[name],
-                    request.k,
-                    modalities=request.modalities,
-                    filter=request.filter or None,
-                )
-        return fuse(ranked, request.k)
+                # One search per result modality: a modality's best items must not be crowded
+                # out by another's higher raw cosines (fusion.py).
+                for result_modality in request.modalities or RESULT_MODALITIES:
+                    hits = self._index.search(
+                        name, vectors[name], request.k, modalities=[result_modality], filter=request.filter or None
+                    )
+                    if hits:
+                        background = self._backgrounds.get(name, result_modality)
+                        lists.append(RankedList(name, result_modality, calibration(vectors[name], background), hits))
+        return fuse(lists, request.k)
 
     def _choose_spaces(self, requested: list[str] | None, modality: Modality) -> list[str]:
         """The spaces to search: those requested (default all), in order, that encode `modality`."""
