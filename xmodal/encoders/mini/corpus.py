@@ -28,6 +28,7 @@ from __future__ import annotations
 import io
 import math
 import re
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -60,6 +61,7 @@ __all__ = [
     "Item",
     "Split",
     "caption_variants",
+    "caption_vocabulary",
     "describe",
     "heldout_gallery",
     "heldout_pairs",
@@ -69,6 +71,7 @@ __all__ = [
     "render_sound",
     "sample_attributes",
     "sound_items",
+    "unrelated_sentences",
     "waveform_wav",
 ]
 
@@ -76,6 +79,7 @@ Split = Literal["train", "seen", "heldout"]
 SPLITS: tuple[Split, ...] = ("train", "seen", "heldout")
 _SPLIT_CODE = {"train": 0, "seen": 1, "heldout": 2}
 _MODALITY_CODE = {"image": 11, "audio": 12}
+_TEXT_CODE = 13  # unrelated sentences
 
 IMAGE_SIZE = 64
 SAMPLE_RATE = 16_000
@@ -789,6 +793,122 @@ def caption_variants(
             mention.add(_pick(rng, ["shape", "colour"] if modality == "image" else ["source", "pitch"]))
         out.append(describe(modality, attributes, rng, mention))
     return out
+
+
+# --- unrelated sentences ------------------------------------------------------------------------
+# Everyday sentences that describe neither shapes nor sounds: negatives for both towers in training
+# (so an image or a sound lands nearer its own description than any other text) and distractors in
+# the mixed-gallery evaluation. They avoid every word of the caption vocabularies (colours, shapes,
+# sizes, numbers, pitches, timbres, loudness, "picture", "sound", ...; a test checks it).
+
+_U_SUBJECTS = [
+    "she", "he", "my uncle", "the librarian", "my neighbour", "the teacher", "our manager", "the baker", "my aunt",
+    "the driver", "a student", "the farmer", "grandpa", "the nurse", "my cousin", "the postman",
+    "our landlord", "the chef", "his sister", "the committee", "a tourist", "the mechanic", "my friend",
+    "the new intern", "her father",
+]  # fmt: skip
+_U_ACTIONS = [
+    "paints the kitchen door", "reads the morning paper", "cooks rice for dinner", "waters the garden",
+    "fixes the bicycle", "writes a letter", "tidies the spare room", "books a flight to Lisbon",
+    "plants tomatoes", "walks the dog", "sells fresh bread", "opens the shop", "pays the rent",
+    "washes the car", "folds the laundry", "studies for the exam", "orders coffee", "visits the museum",
+    "calls the plumber", "bakes a cake", "packs a suitcase", "repairs the roof", "feeds the cat",
+    "sweeps the floor", "answers the email", "locks the gate", "reviews the contract", "rents an apartment",
+    "reads a novel", "climbs the hill", "catches the bus", "misses the train", "learns to swim",
+    "mends the fence", "irons the shirts", "buys vegetables at the market", "prints the report",
+    "moves the sofa", "borrows a ladder", "cancels the appointment", "renews the passport",
+    "checks the tyres", "sorts the mail", "hangs the curtains", "chops the onions", "waits for the ferry",
+]  # fmt: skip
+_U_WHEN = [
+    "", "", "", "at noon", "on Monday", "every morning", "after lunch", "before the meeting",
+    "in the evening", "on weekends", "this afternoon", "near the station", "at the office",
+    "after school", "during the holidays", "tomorrow", "yesterday", "on Friday", "next week",
+    "before breakfast", "in spring", "at midnight", "after work",
+]  # fmt: skip
+_U_VEHICLES = ["the train", "the bus", "the ferry", "our flight", "the taxi", "the coach", "the tram"]
+_U_VEHICLE_EVENTS = ["leaves", "arrives", "is delayed", "departs", "was cancelled", "stops here"]
+_U_PLACES = [
+    "the library", "the bakery", "the museum", "the pharmacy", "the post office", "the market",
+    "the bank", "the swimming pool", "the dentist", "the town hall", "the cinema", "the garage",
+]  # fmt: skip
+_U_PLACE_EVENTS = ["opens", "closes", "is closed", "reopens", "is busy", "is empty"]
+_U_FOODS = [
+    "pasta", "soup", "rice", "cheese", "tea", "coffee", "salad", "pancakes", "noodles", "bread",
+    "apples", "potatoes", "yoghurt", "porridge", "fish", "curry", "sandwiches", "dumplings",
+]  # fmt: skip
+_U_LIKES = ["likes", "hates", "never eats", "often makes", "prefers", "is tired of", "wants"]
+_U_QUESTIONS = [
+    "where did you park the car", "can you pass the salt", "did you remember the keys",
+    "who is coming to dinner", "when does the course begin", "have you paid the electricity bill",
+    "is the printer working again", "what time is the interview", "could you water the plants",
+    "did anyone feed the cat", "how far is the airport", "are we meeting at the cafe",
+    "did the parcel arrive", "who borrowed my umbrella", "can we move the meeting",
+]  # fmt: skip
+
+
+def _unrelated_sentence(rng: np.random.Generator) -> str:
+    kind = rng.integers(10)
+    if kind < 5:
+        text = f"{_pick(rng, _U_SUBJECTS)} {_pick(rng, _U_ACTIONS)} {_pick(rng, _U_WHEN)}"
+    elif kind < 6:
+        text = f"{_pick(rng, _U_VEHICLES)} {_pick(rng, _U_VEHICLE_EVENTS)} {_pick(rng, _U_WHEN)}"
+    elif kind < 7:
+        text = f"{_pick(rng, _U_PLACES)} {_pick(rng, _U_PLACE_EVENTS)} {_pick(rng, _U_WHEN)}"
+    elif kind < 8:
+        text = f"{_pick(rng, _U_SUBJECTS)} {_pick(rng, _U_LIKES)} {_pick(rng, _U_FOODS)}"
+    elif kind < 9:
+        text = f"{_pick(rng, _U_QUESTIONS)}?"
+    else:
+        first, second = _pick(rng, _U_SUBJECTS), _pick(rng, _U_SUBJECTS)
+        text = f"{first} {_pick(rng, _U_ACTIONS)} while {second} {_pick(rng, _U_ACTIONS)}"
+    text = re.sub(r"\s+", " ", text).strip()
+    if rng.random() < 0.3:
+        text = text[0].upper() + text[1:]
+        if not text.endswith("?"):
+            text += "."
+    return text
+
+
+# held-out sentences are a disjoint quarter of all sentences (by a hash of the text), so the
+# distractors of evaluation were never negatives in training
+def _unrelated_is_heldout(text: str) -> bool:
+    return zlib.crc32(text.lower().rstrip(".?").encode()) % 4 == 0
+
+
+def unrelated_sentences(n: int, split: Split = "train", seed: int = 0, start: int = 0) -> list[str]:
+    """Sentences `start .. start+n-1` of the unrelated-text corpus (everyday sentences about neither
+    shapes nor sounds); deterministic by (split, seed, index). `heldout` sentences never occur in
+    `train`/`seen`. Texts can repeat across indices.
+    """
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    held = split == "heldout"
+    out = []
+    for index in range(start, start + n):
+        rng = np.random.default_rng((_TEXT_CODE, _SPLIT_CODE[split], seed, index))
+        while True:
+            text = _unrelated_sentence(rng)
+            if _unrelated_is_heldout(text) == held:
+                break
+        out.append(text)
+    return out
+
+
+def caption_vocabulary() -> frozenset[str]:
+    """Every content word the image and sound captions use (what unrelated sentences must avoid)."""
+    phrases: list[str] = []
+    for table in (_SHAPE_WORDS, _TIMBRE_NOUNS, _NOISE_NOUNS):
+        phrases += [w for forms in table.values() for pair in forms for w in pair]
+    for table in (_COLOUR_WORDS, _SIZE_WORDS, _BACKGROUND_WORDS, _TIMBRE_ADJ, _PITCH_WORDS, _CONTOUR_ADJ,
+                  _CONTOUR_CLAUSE, _LOUD_WORDS, _TIMES, _NUMBER_WORDS):  # fmt: skip
+        phrases += [w for words in table.values() for w in words]
+    phrases += [w for pair in _GENERIC_SHAPE + _TONE_NOUNS for w in pair] + _SEVERAL
+    phrases += ["picture", "image", "drawing", "photo", "showing", "illustration", "background", "backdrop",
+                "coloured", "sound", "recording", "audio", "hear", "played", "repeated", "heard", "noise",
+                "bursts", "pitch", "once", "twice"]  # fmt: skip
+    stop = {"a", "an", "the", "of", "on", "in", "at", "that", "to", "one", "times", "up", "down", "going", "pair"}
+    words = {w for p in phrases for w in re.split(r"[^a-z0-9]+", p.lower()) if w}
+    return frozenset((words - stop) | {"one", "times", "pair"})
 
 
 # --- encodings ----------------------------------------------------------------------------------
