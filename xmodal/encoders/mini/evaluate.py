@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, Protocol
 
 import numpy as np
@@ -28,19 +29,25 @@ from numpy.typing import NDArray
 from PIL import Image
 
 from xmodal.encoders.base import Vectors, Waveform
-from xmodal.encoders.mini.corpus import ATTRIBUTES, Item, heldout_gallery
+from xmodal.encoders.mini.corpus import ATTRIBUTES, Item, heldout_gallery, unrelated_sentences
 
 __all__ = [
     "FOREIGN_COLOURS",
     "FOREIGN_SHAPES",
     "ForeignResult",
     "MediaEncoder",
+    "MixedGallery",
     "Retrieval",
+    "cosine_statistics",
     "evaluate_foreign",
     "evaluate_heldout",
+    "evaluate_mixed",
     "foreign_images",
     "foreign_sounds",
+    "format_mixed",
     "format_results",
+    "mixed_gallery",
+    "mixed_record",
     "rank_metrics",
 ]
 
@@ -126,6 +133,203 @@ def evaluate_heldout(
         f"text->{modality}": rank_metrics(t2x, relevant, ks, f"text->{modality}"),
         f"{modality}->text": rank_metrics(x2t, relevant, ks, f"{modality}->text"),
     }
+
+
+# --- one mixed gallery, every direction ---------------------------------------------------------
+# How users ingest: images, sounds and texts in one index. The gallery holds, for each media
+# modality, the held-out and seen items of `heldout_gallery(modality, n, seed)` (the filtered
+# evaluation's items), every one of their captions, and `n` unrelated sentences (held-out split:
+# never negatives in training). Nothing is filtered by modality except where a direction names
+# its result modality.
+
+
+@dataclass
+class MixedGallery:
+    media: dict[str, tuple[list[Item], list[Item]]]  # modality -> (held-out items, seen items)
+    unrelated: list[str]
+    vectors: dict[int, Any] = field(default_factory=dict, repr=False)  # encodings, per encoder
+
+    def items(self, modality: str) -> list[Item]:
+        held, seen = self.media[modality]
+        return held + seen
+
+    def texts(self) -> tuple[list[str], list[tuple[str, tuple[Any, ...] | None]]]:
+        """Every text of the gallery and what each describes: (modality, attribute key) or ("text", None)."""
+        texts: list[str] = []
+        about: list[tuple[str, tuple[Any, ...] | None]] = []
+        for modality in self.media:
+            for it in self.items(modality):
+                texts.append(it.caption)
+                about.append((modality, _key(modality, it.attributes)))  # type: ignore[arg-type]
+        texts += self.unrelated
+        about += [("text", None)] * len(self.unrelated)
+        return texts, about
+
+
+def mixed_gallery(n: int = 300, seed: int = 0, modalities: Sequence[Modality] = ("image", "audio")) -> MixedGallery:
+    """`n` held-out + `n` seen items of each modality, their captions, and `n` unrelated sentences."""
+    return MixedGallery({m: heldout_gallery(m, n, seed) for m in modalities}, unrelated_sentences(n, "heldout", seed))
+
+
+_MAIN = {"image": ("shape", "colour"), "audio": ("source", "pitch")}
+
+
+def _main_key(modality: str, attributes: dict[str, Any]) -> tuple[Any, ...]:
+    return tuple(attributes[a] for a in _MAIN[modality])
+
+
+def _gallery_vectors(
+    encoder: MediaEncoder, gallery: MixedGallery
+) -> tuple[dict[str, Vectors], Vectors, list[tuple[str, tuple[Any, ...] | None]]]:
+    cached = gallery.vectors.get(id(encoder))
+    if cached is not None and cached[0] is encoder:  # the same encoder again (evaluate_mixed, then cosine_statistics)
+        return cached[1]
+    media = {m: _encode_media(encoder, m, [it.media for it in gallery.items(m)]) for m in gallery.media}  # type: ignore[arg-type]
+    texts, about = gallery.texts()
+    result = (media, encoder.encode_texts(texts), about)
+    gallery.vectors[id(encoder)] = (encoder, result)
+    return result
+
+
+def evaluate_mixed(
+    encoder: MediaEncoder,
+    n: int = 300,
+    seed: int = 0,
+    ks: Sequence[int] = (1, 5, 10),
+    modalities: Sequence[Modality] = ("image", "audio"),
+    gallery: MixedGallery | None = None,
+) -> dict[str, Retrieval]:
+    """Every direction in one mixed gallery, unfiltered. R@k here is Success@k (a relevant result in the top k).
+
+    - text->X: each held-out X item's caption queries all 2n X items (as filtered: a text query
+      names its result modality);
+    - text->media: the held-out captions of every modality query all media items together (raw
+      cosines across towers: is a right item first without any modality filter or calibration?);
+    - X->text: each held-out X item queries ALL texts (captions of every modality + unrelated);
+      relevant = its own modality's captions true of it;
+    - X->X: each held-out item queries the other 2n-1 items of its modality; relevant = same
+      (shape, colour) / (timbre, pitch). Image->audio has no shared concept in this corpus.
+    """
+    g = gallery if gallery is not None else mixed_gallery(n, seed, modalities)
+    media, texts, about = _gallery_vectors(encoder, g)
+    out: dict[str, Retrieval] = {}
+    offset = 0
+    query_caps: list[tuple[int, str, tuple[Any, ...]]] = []  # (text row, modality, key) of held-out captions
+    for m in g.media:
+        held, seen = g.media[m]
+        items = held + seen
+        keys = [_key(m, it.attributes) for it in items]  # type: ignore[arg-type]
+        rows = list(range(offset, offset + len(held)))
+        query_caps += [(r, m, keys[i]) for i, r in enumerate(rows)]
+        rel = np.array([[a == b for b in keys] for a in keys[: len(held)]], dtype=bool)
+        out[f"text->{m}"] = rank_metrics(texts[rows] @ media[m].T, rel, ks, f"text->{m}")
+        # X -> every text of the gallery
+        rel_t = np.array([[ab == (m, k) for ab in about] for k in keys[: len(held)]], dtype=bool)
+        out[f"{m}->text"] = rank_metrics(media[m][: len(held)] @ texts.T, rel_t, ks, f"{m}->text")
+        # X -> X (same main pair), the query itself excluded
+        main = [_main_key(m, it.attributes) for it in items]
+        sim = media[m][: len(held)] @ media[m].T
+        np.fill_diagonal(sim[:, : len(held)], -np.inf)
+        rel_x = np.array([[a == b for b in main] for a in main[: len(held)]], dtype=bool)
+        np.fill_diagonal(rel_x[:, : len(held)], False)
+        out[f"{m}->{m}"] = rank_metrics(sim, rel_x, ks, f"{m}->{m}")
+        offset += len(items)
+    if len(g.media) > 1:
+        all_media = np.concatenate([media[m] for m in g.media])
+        owners = [(m, _key(m, it.attributes)) for m in g.media for it in g.items(m)]  # type: ignore[arg-type]
+        rows = [r for r, _, _ in query_caps]
+        rel_m = np.array([[o == (m, k) for o in owners] for _, m, k in query_caps], dtype=bool)
+        out["text->media"] = rank_metrics(texts[rows] @ all_media.T, rel_m, ks, "text->media")
+    return out
+
+
+def _stats(values: NDArray[np.floating]) -> dict[str, float | int]:
+    v = np.asarray(values, dtype=np.float64).ravel()
+    return {"mean": round(float(v.mean()), 4), "std": round(float(v.std()), 4), "pairs": int(v.size)}
+
+
+def cosine_statistics(
+    encoder: MediaEncoder,
+    n: int = 300,
+    seed: int = 0,
+    modalities: Sequence[Modality] = ("image", "audio"),
+    gallery: MixedGallery | None = None,
+) -> dict[str, Any]:
+    """Mean and std of cosines of non-matching (and matching) pairs per (query, item) modality pair.
+
+    Over every pair of the mixed gallery (2n items of each modality, their captions, n unrelated
+    sentences). Text-X matching: the caption is true of the item. Text-text matching: two captions
+    of the same modality and attribute key. X-X matching: same (shape, colour) / (timbre, pitch).
+    Image-audio pairs never match. Self-pairs are left out. Text-X is also given per kind of text.
+    """
+    g = gallery if gallery is not None else mixed_gallery(n, seed, modalities)
+    media, texts, about = _gallery_vectors(encoder, g)
+    kinds = np.array([a[0] for a in about])
+    out: dict[str, Any] = {}
+
+    def split(sim: NDArray[np.floating], match: NDArray[np.bool_]) -> dict[str, Any]:
+        entry: dict[str, Any] = {"nonmatching": _stats(sim[~match])}
+        if match.any():
+            entry["matching"] = _stats(sim[match])
+        return entry
+
+    tt = texts @ texts.T
+    same = np.array([[a == b and a[1] is not None for b in about] for a in about], dtype=bool)
+    off = ~np.eye(len(texts), dtype=bool)
+    out["text-text"] = {"nonmatching": _stats(tt[off & ~same]), "matching": _stats(tt[off & same])}
+    for m in g.media:
+        items = g.items(m)
+        keys = [_key(m, it.attributes) for it in items]  # type: ignore[arg-type]
+        sim = texts @ media[m].T
+        match = np.array([[a == (m, k) for k in keys] for a in about], dtype=bool)
+        entry = split(sim, match)
+        entry["by_text"] = {
+            ("unrelated" if kind == "text" else f"{kind} captions"): split(sim[kinds == kind], match[kinds == kind])
+            for kind in [*g.media, "text"]
+            if (kinds == kind).any()
+        }
+        out[f"text-{m}"] = entry
+        main = [_main_key(m, it.attributes) for it in items]
+        xx = media[m] @ media[m].T
+        match = np.array([[a == b for b in main] for a in main], dtype=bool)
+        off = ~np.eye(len(items), dtype=bool)
+        out[f"{m}-{m}"] = {"nonmatching": _stats(xx[off & ~match]), "matching": _stats(xx[off & match])}
+    if "image" in g.media and "audio" in g.media:
+        out["image-audio"] = {"nonmatching": _stats(media["image"] @ media["audio"].T)}
+    return out
+
+
+def mixed_record(
+    mixed: dict[str, Retrieval], gallery: MixedGallery, towers: dict[str, str], command: str | None = None
+) -> dict[str, Any]:
+    """The JSON entry of the mixed-gallery figures."""
+    record: dict[str, Any] = {
+        "measure": "recall[k] is R@k = Success@k: share of queries with a relevant result in the top k",
+        "gallery": {
+            **{f"{m} items": len(gallery.items(m)) for m in gallery.media},
+            **{f"{m} captions": len(gallery.items(m)) for m in gallery.media},
+            "unrelated sentences": len(gallery.unrelated),
+            "filter": "none (text->X: the X items only; X->text: all texts; text->media: all media items)",
+        },
+        "towers": towers,
+        "directions": {k: v.to_dict() for k, v in mixed.items()},
+    }
+    if command:
+        record["command"] = command
+    return record
+
+
+def format_mixed(mixed: dict[str, Retrieval], filtered: dict[str, Retrieval] | None = None) -> str:
+    """The mixed-gallery figures (R@k = Success@k), next to the filtered ones where given."""
+    lines = []
+    for r in mixed.values():
+        ks = sorted(r.recall)
+        parts = [f"R@{k} {r.recall[k]:.3f}" for k in ks]
+        if filtered and r.direction in filtered:
+            f = filtered[r.direction]
+            parts.append("filtered " + "/".join(f"{f.recall[k]:.3f}" for k in sorted(f.recall)))
+        lines.append(f"  {r.direction:<13} {r.queries} queries x {r.gallery}: " + ", ".join(parts))
+    return "\n".join(lines)
 
 
 # --- foreign media ------------------------------------------------------------------------------
@@ -269,3 +473,72 @@ def format_results(heldout: dict[str, Retrieval], foreign: ForeignResult | None 
         for query, got in foreign.misses:
             lines.append(f"    miss: {query!r} -> {got!r}")
     return "\n".join(lines)
+
+
+def format_cosines(stats: dict[str, Any]) -> str:
+    """The cosine statistics as lines: pair, non-matching mean +- std, matching mean +- std."""
+    lines = []
+    for pair, entry in stats.items():
+        rows = [(pair, entry)] + [(f"  {pair}, {kind}", v) for kind, v in entry.get("by_text", {}).items()]
+        for name, v in rows:
+            text = f"  {name:<32} non-matching {v['nonmatching']['mean']:+.3f} +- {v['nonmatching']['std']:.3f}"
+            if "matching" in v:
+                text += f", matching {v['matching']['mean']:+.3f} +- {v['matching']['std']:.3f}"
+            lines.append(text)
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Evaluate the shipped (or given) towers: filtered and mixed-gallery figures, cosine statistics."""
+    import argparse
+    import hashlib
+    import json
+    import sys
+
+    import torch
+
+    from xmodal.encoders.mini.space import WEIGHTS_DIR, MiniSpace, tower_path
+
+    p = argparse.ArgumentParser(prog="python -m xmodal.encoders.mini.evaluate", description=main.__doc__)
+    p.add_argument("--weights", type=Path, default=WEIGHTS_DIR, help="directory of image/audio .safetensors")
+    p.add_argument("--n", type=int, default=300, help="held-out items per modality (as many seen; n unrelated)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument(
+        "--write", action="store_true", help="store the mixed-gallery figures and cosine statistics in both JSONs"
+    )
+    args = p.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    space = MiniSpace(weights_dir=args.weights)
+    space.load()
+    gallery = mixed_gallery(args.n, args.seed)
+    filtered: dict[str, Retrieval] = {}
+    for m in gallery.media:
+        filtered.update(evaluate_heldout(space, m, n=args.n, seed=args.seed, gallery=gallery.media[m]))  # type: ignore[arg-type]
+    mixed = evaluate_mixed(space, gallery=gallery)
+    stats = cosine_statistics(space, gallery=gallery)
+    print(f"filtered (each modality's items and captions only; {args.n} held-out + {args.n} seen items):")
+    print(format_results(filtered))
+    print(f"one mixed gallery, unfiltered (+ {args.n} unrelated sentences); R@k = Success@k, filtered R@1/5/10 after:")
+    print(format_mixed(mixed, filtered))
+    print("cosines of pairs (mean +- std):")
+    print(format_cosines(stats))
+    if args.write:
+        command = " ".join(["python -m xmodal.encoders.mini.evaluate", *(argv if argv is not None else sys.argv[1:])])
+        towers = {
+            m: f"{tower_path(m, args.weights).name} sha256 "
+            + hashlib.sha256(tower_path(m, args.weights).read_bytes()).hexdigest()
+            for m in gallery.media
+        }
+        for m in gallery.media:
+            path = args.weights / f"{m}.json"
+            record = json.loads(path.read_text())
+            record["metrics"]["mixed_gallery"] = mixed_record(mixed, gallery, towers, command)
+            record["metrics"]["cosine_statistics"] = stats
+            path.write_text(json.dumps(record, indent=2, default=str) + "\n")
+            print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -10,13 +10,20 @@ What one run of a tower does:
    blur, noise, gain) is applied on the fly to each batch.
 3. Loss: symmetric InfoNCE with a learnable temperature (logit scale from 20, capped at 200) and
    several positives: a caption is a positive of every item it is true of. image->text ranks each
-   item against the whole caption bank, text->image ranks each batch caption against the batch.
+   item against the whole caption bank plus texts that are never positives (the other modality's
+   training captions and unrelated everyday sentences, `--extra-negatives` of them sampled per
+   step with a log(N/K) correction so the softmax stays an estimate of the one over all of them);
+   text->image ranks each batch caption against the batch.
 4. Budget: without `--steps`, the step count is fixed after timing the first steps so that the
    run, evaluation included, ends within `--minutes` (the tower's cosine schedule then completes);
    the JSON records it and `repeat_with` (`--steps N --seed S`, plus `--stop-at K` when a busier
    machine cut the run at the budget) repeats a run exactly (same machine and thread count).
-5. Report: held-out combinations (all directions, R@k/P@k against chance) and foreign-made media
-   hit@1 (evaluate.py), printed and written with the run's configuration next to the checkpoint.
+5. Report: held-out combinations (all directions, R@k/P@k against chance), the same items in one
+   mixed gallery with every modality's captions and unrelated sentences, unfiltered (with the
+   other modality's tower as shipped in `--out`), cosine statistics of non-matching pairs, and
+   foreign-made media hit@1 (evaluate.py), printed and written with the run's configuration next
+   to the checkpoint. `python -m xmodal.encoders.mini.evaluate --write` refreshes the mixed-gallery
+   figures of both JSONs once both towers are final.
 
 Writes `<out>/<modality>.safetensors` (fp32 weights, tower config in its metadata) and
 `<out>/<modality>.json`; `--out` defaults to the package's `weights/` directory.
@@ -41,7 +48,16 @@ from torch.nn import functional as F
 
 from xmodal.encoders.base import Vectors, Waveform
 from xmodal.encoders.mini import corpus
-from xmodal.encoders.mini.evaluate import evaluate_foreign, evaluate_heldout, format_results
+from xmodal.encoders.mini.evaluate import (
+    cosine_statistics,
+    evaluate_foreign,
+    evaluate_heldout,
+    evaluate_mixed,
+    format_mixed,
+    format_results,
+    mixed_gallery,
+    mixed_record,
+)
 from xmodal.encoders.mini.space import WEIGHTS_DIR
 from xmodal.encoders.mini.text import MiniLMText
 from xmodal.encoders.mini.towers import (
@@ -52,6 +68,7 @@ from xmodal.encoders.mini.towers import (
     encode_with,
     fit_samples,
     image_batch,
+    load_tower,
     preprocess_image,
     save_tower,
 )
@@ -78,10 +95,17 @@ class TrainConfig:
     eval_n: int = 300
     eval_seed: int = 0
     attribute_loss: float = 1.0  # weight of the attribute classifiers' loss (bottlenecked towers)
+    # texts that are never positives, in the item -> bank softmax: the other modality's training
+    # captions and unrelated sentences (what a mixed index holds next to this tower's items)
+    cross_negatives: bool = True
+    unrelated: int = 6000  # unrelated sentences drawn (train split; duplicates dropped)
+    extra_negatives: int = 4096  # of those sampled per step (with a log(N/K) correction); 0: all, every step
+    extra_weight: float = 1.0  # weight of the extra negatives in the softmax's denominator
     bf16: bool = True
     threads: int = 2
     device: str = "cpu"
     tower: dict[str, Any] = field(default_factory=dict)
+    embedding_cache: str | None = None  # directory for caption embeddings reused across runs
 
     @staticmethod
     def defaults(modality: Modality) -> TrainConfig:
@@ -256,28 +280,75 @@ def augment_audio(x: torch.Tensor, extent: torch.Tensor, g: torch.Generator) -> 
 # --- training -----------------------------------------------------------------------------------
 
 
-def embed_texts(text: MiniLMText, texts: list[str]) -> Vectors:
-    """MiniLM embeddings of many texts, shortest first (less padding: about 2.5x faster), in input order."""
+def embed_texts(text: MiniLMText, texts: list[str], cache: Path | None = None) -> Vectors:
+    """MiniLM embeddings of many texts, shortest first (less padding: about 2.5x faster), in input order.
+
+    With `cache`, the result is kept in `cache/<sha256 of the texts>.npy` and read back next time
+    (for repeated experiments; the frozen text tower gives the same vectors every time).
+    """
+    path = None
+    if cache is not None:
+        import hashlib
+
+        path = cache / (hashlib.sha256("\n".join(texts).encode()).hexdigest() + ".npy")
+        if path.is_file():
+            return np.load(path)
     order = np.argsort([len(t) for t in texts], kind="stable")
     out = np.empty((len(texts), text.dim), dtype=np.float32)
     out[order] = text.encode([texts[i] for i in order])
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        np.save(path, out)
+    return out
+
+
+def negative_texts(cfg: TrainConfig, exclude: set[str]) -> list[str]:
+    """Texts that are never positives of this tower: the other modality's training captions (the
+    caption bank its own tower trains on) and unrelated sentences, unique, none of `exclude`."""
+    texts: list[str] = []
+    if cfg.cross_negatives:
+        other: Modality = "audio" if cfg.modality == "image" else "image"
+        per_combo = TrainConfig.defaults(other).captions_per_combo
+        texts += build_bank(other, training_combos(other), per_combo, cfg.seed).texts
+    if cfg.unrelated:
+        texts += corpus.unrelated_sentences(cfg.unrelated, "train", cfg.seed)
+    seen = set(exclude)
+    out = []
+    for t in texts:
+        if t not in seen:
+            seen.add(t)
+            out.append(t)
     return out
 
 
 class _Probe:
-    """An evaluation view of a tower being trained (the same calls MiniSpace answers)."""
+    """An evaluation view of towers (one being trained; the other as shipped): the calls MiniSpace answers."""
 
-    def __init__(self, text: MiniLMText, modality: Modality, tower: Tower) -> None:
-        self.text, self.modality, self.tower = text, modality, tower
+    def __init__(self, text: MiniLMText, towers: dict[str, Tower]) -> None:
+        self.text, self.towers = text, towers
 
     def encode_texts(self, texts: list[str]) -> Vectors:
         return self.text.encode(texts)
 
     def encode_images(self, images: list[Any]) -> Vectors:
-        return encode_with(self.tower, image_batch(images))
+        return encode_with(self.towers["image"], image_batch(images))
 
     def encode_audio(self, clips: list[Waveform]) -> Vectors:
-        return encode_with(self.tower, audio_batch(clips))
+        return encode_with(self.towers["audio"], audio_batch(clips))
+
+
+def _sha256(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def towers_files(out: Path, towers: dict[str, Tower], trained: str) -> dict[str, str]:
+    """Which checkpoint each modality's figures came from (the trained one is being written now)."""
+    return {
+        m: ("this run" if m == trained else f"{out / f'{m}.safetensors'} sha256 {_sha256(out / f'{m}.safetensors')}")
+        for m in towers
+    }
 
 
 def _lr_at(step: int, total: int, cfg: TrainConfig) -> float:
@@ -317,12 +388,21 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
 
     combos = training_combos(modality)
     bank = build_bank(modality, combos, cfg.captions_per_combo, cfg.seed)
+    extra = negative_texts(cfg, set(bank.texts))
     t0 = time.monotonic()
-    bank.embeddings = torch.from_numpy(embed_texts(text, bank.texts)).to(dev)
+    embedded = torch.from_numpy(
+        embed_texts(text, bank.texts + extra, Path(cfg.embedding_cache) if cfg.embedding_cache else None)
+    ).to(dev)
+    bank.embeddings, extra_emb = embedded[: len(bank.texts)], embedded[len(bank.texts) :]
     t_embed = time.monotonic() - t0
     log(
-        f"[{modality}] {len(combos)} training combinations, {len(bank.texts)} unique captions embedded in {t_embed:.1f}s"
+        f"[{modality}] {len(combos)} training combinations, {len(bank.texts)} unique captions "
+        f"+ {len(extra)} negative-only texts embedded in {t_embed:.1f}s"
     )
+    n_extra = len(extra)
+    sample_extra = 0 < cfg.extra_negatives < n_extra
+    # log(N/K): a uniform sample of K of the N extra negatives stands for all of them in the denominator
+    extra_bias = math.log(cfg.extra_weight) + (math.log(n_extra / cfg.extra_negatives) if sample_extra else 0.0)
     t0 = time.monotonic()
     pool = build_pool(modality, cfg.pool, cfg.seed, combos)
     log(f"[{modality}] pool of {cfg.pool} items rendered in {time.monotonic() - t0:.1f}s")
@@ -396,7 +476,14 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
         scale = log_scale.clamp(max=math.log(LOGIT_SCALE_MAX)).exp()
         # item -> every caption in the bank; the target is spread over the captions true of the item
         pos_ib = positives[combo].float()
-        logp_ib = F.log_softmax(scale * f @ emb.T, dim=1)
+        logits_ib = scale * f @ emb.T
+        if n_extra:
+            if sample_extra:
+                negs = extra_emb[torch.randint(n_extra, (cfg.extra_negatives,), generator=gen, device=dev)]
+            else:
+                negs = extra_emb
+            logits_ib = torch.cat([logits_ib, scale * f @ negs.T + extra_bias], dim=1)
+        logp_ib = F.log_softmax(logits_ib, dim=1)[:, : emb.shape[0]]
         loss_i = -(pos_ib * logp_ib).sum(1).div(pos_ib.sum(1)).mean()
         # batch caption -> batch items; the target is spread over the items the caption is true of
         pos_ti = positives[combo][:, caps].T.float()
@@ -418,13 +505,31 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
 
     tower.eval()
     t0 = time.monotonic()
-    probe = _Probe(text, modality, tower)
+    other: Modality = "audio" if modality == "image" else "image"
+    towers: dict[str, Tower] = {modality: tower}
+    other_path = out / f"{other}.safetensors"
+    if other_path.is_file():
+        try:
+            towers[other] = load_tower(other_path, dev)
+        except (OSError, RuntimeError, ValueError, KeyError) as e:  # an unreadable or incompatible file
+            log(f"[{modality}] the mixed gallery leaves out {other}: cannot load {other_path}: {e}")
+    probe = _Probe(text, towers)
     heldout = evaluate_heldout(probe, modality, n=cfg.eval_n, seed=cfg.eval_seed)
     foreign = evaluate_foreign(probe, modality)
+    present: list[Modality] = [m for m in ("image", "audio") if m in towers]  # type: ignore[misc]
+    gallery = mixed_gallery(cfg.eval_n, cfg.eval_seed, present)
+    mixed = evaluate_mixed(probe, gallery=gallery)
+    cosines = cosine_statistics(probe, gallery=gallery)
     t_eval = time.monotonic() - t0
     elapsed = time.monotonic() - t_start
     log(f"[{modality}] held-out combinations ({cfg.eval_n} held-out + {cfg.eval_n} seen items), after {step} steps:")
     log(format_results(heldout, foreign))
+    log(
+        f"[{modality}] one mixed gallery, unfiltered ({' + '.join(present)} items, all their captions, "
+        f"{cfg.eval_n} unrelated sentences; R@k = Success@k; {other} tower: "
+        f"{'as shipped in ' + str(other_path) if other in towers else 'none'}):"
+    )
+    log(format_mixed(mixed, heldout))
     log(f"[{modality}] total {elapsed:.0f}s (training loop {t_loop:.0f}s, evaluation {t_eval:.0f}s)")
 
     info = machine()
@@ -444,6 +549,7 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
         "attributes": list(corpus.ATTRIBUTES[modality]),
         "training_combinations": len(combos),
         "unique_captions": len(bank.texts),
+        "negative_only_texts": n_extra,
         "heldout_pairs": sorted(list(p) for p in corpus.heldout_pairs(modality)),
         "seconds": {
             "total": round(elapsed, 1),
@@ -455,6 +561,8 @@ def train_tower(cfg: TrainConfig, text: MiniLMText, out: Path, log=print) -> dic
         "metrics": {
             "heldout": {k: v.to_dict() for k, v in heldout.items()},
             "foreign": foreign.to_dict(),
+            "mixed_gallery": mixed_record(mixed, gallery, towers_files(out, towers, modality)),
+            "cosine_statistics": cosines,
         },
     }
     out.mkdir(parents=True, exist_ok=True)
@@ -481,6 +589,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--captions-per-combo", type=int, default=None)
     p.add_argument("--eval-n", type=int, default=None, help="held-out items in the evaluation gallery (as many seen)")
     p.add_argument("--device", default="cpu", help="torch device to train on (cpu, cuda)")
+    p.add_argument(
+        "--extra-negatives", type=int, default=None, help="negative-only texts sampled per step (0: all of them)"
+    )
+    p.add_argument("--extra-weight", type=float, default=None, help="weight of the negative-only texts")
+    p.add_argument("--embedding-cache", default=None, help="directory to keep caption embeddings in across runs")
+    p.add_argument("--unrelated", type=int, default=None, help="unrelated sentences drawn as negatives")
+    p.add_argument(
+        "--no-cross-negatives", action="store_true", help="leave the other modality's captions out of the bank"
+    )
     p.add_argument("--no-bf16", action="store_true", help="train in float32 (bf16 autocast is the default on CPU)")
     p.add_argument(
         "--tower",
@@ -499,7 +616,18 @@ def main(argv: list[str] | None = None) -> int:
         cfg.minutes, cfg.seed, cfg.steps, cfg.threads = args.minutes, args.seed, args.steps, args.threads
         cfg.stop_at = args.stop_at
         cfg.bf16, cfg.device = not args.no_bf16, args.device
-        for name in ("batch", "lr", "pool", "captions_per_combo", "eval_n"):
+        cfg.cross_negatives = not args.no_cross_negatives
+        for name in (
+            "batch",
+            "lr",
+            "pool",
+            "captions_per_combo",
+            "eval_n",
+            "extra_negatives",
+            "extra_weight",
+            "unrelated",
+            "embedding_cache",
+        ):
             if getattr(args, name) is not None:
                 setattr(cfg, name, getattr(args, name))
         if args.tower:
