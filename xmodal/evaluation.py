@@ -47,6 +47,7 @@ __all__ = [
     "load_item_modalities",
     "load_qrels",
     "load_queries",
+    "make_query",
     "measure_names",
     "parse_ks",
     "parse_threshold",
@@ -99,7 +100,9 @@ def _query_id(value: Any, where: str) -> str:
     return text
 
 
-def make_query(query_id: Any, query: Any, *, modalities: Any = None, filter: Any = None, where: str = "query") -> EvalQuery:
+def make_query(
+    query_id: Any, query: Any, *, modalities: Any = None, filter: Any = None, where: str = "query"
+) -> EvalQuery:
     """An EvalQuery from the fields of a queries line, validated by the wire protocol's own parser."""
     qid = _query_id(query_id, where)
     payload: dict[str, Any] = {"request_id": "eval", "query": query}
@@ -141,7 +144,9 @@ def load_queries(path: Path) -> list[EvalQuery]:
         for required in ("query_id", "query"):
             if required not in obj:
                 raise EvalInputError(f"{where}: missing {required!r}")
-        query = make_query(obj["query_id"], obj["query"], modalities=obj.get("modalities"), filter=obj.get("filter"), where=where)
+        query = make_query(
+            obj["query_id"], obj["query"], modalities=obj.get("modalities"), filter=obj.get("filter"), where=where
+        )
         if query.query_id in seen:
             raise EvalInputError(f"{where}: query_id {query.query_id!r} is already on line {seen[query.query_id]}")
         seen[query.query_id] = lineno
@@ -212,7 +217,8 @@ def load_item_modalities(path: Path) -> dict[str, str]:
             obj = orjson.loads(line)
         except orjson.JSONDecodeError as e:
             raise EvalInputError(f"{where}: not valid JSON: {e}") from e
-        if not isinstance(obj, dict) or not isinstance(obj.get("id"), str) or obj.get("modality") not in ("text", "image", "audio"):
+        usable = isinstance(obj, dict) and isinstance(obj.get("id"), str)
+        if not usable or obj.get("modality") not in ("text", "image", "audio"):
             raise EvalInputError(f"{where}: expected an object with \"id\" and \"modality\" (text, image or audio)")
         out[obj["id"]] = obj["modality"]
     return out
@@ -484,7 +490,9 @@ def evaluate(
         depth=depth,
         metrics=_means(per_query, names),
         by_direction=by_direction,
-        by_query_modality={m: _means({q: per_query[q] for q in qids}, names) for m, qids in sorted(by_query_modality.items())},
+        by_query_modality={
+            m: _means({q: per_query[q] for q in qids}, names) for m, qids in sorted(by_query_modality.items())
+        },
         queries=len(judged_queries),
         queries_by_direction={d: len(r) for d, r in sorted(split_qrels.items())},
         queries_by_query_modality={m: len(q) for m, q in sorted(by_query_modality.items())},
