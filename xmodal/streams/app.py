@@ -102,16 +102,52 @@ def _header_bytes(value: Any) -> bytes:
 
 
 class _FencedConsumer(faust_aiokafka.Consumer):
-    """faust's aiokafka consumer that commits nothing once `fenced` (see the module docstring)."""
+    """faust's aiokafka consumer that commits nothing once `fenced` (see the module docstring),
+    and does not wait for unacked events once the agent drained or failed."""
 
-    fenced = False
+    fenced = False  # a batch failed: commit nothing more
+    drained = False  # stopping, the batch in hand is done: what is left unacked is replayed
 
     def _should_commit(self, tp: Any, offset: int) -> bool:
         return not self.fenced and super()._should_commit(tp, offset)
 
+    async def wait_empty(self) -> None:
+        # faust waits (at stop and before giving up partitions) until every event it handed to
+        # the agent is acked. After a failure or a drain, the events left will never be acked:
+        # waiting would hold the partitions until a timeout, so commit what was acked and go.
+        if self.fenced or self.drained:
+            await self.commit_and_end_transactions()
+            return
+        await super().wait_empty()
+
 
 class _Transport(faust_aiokafka.Transport):
     Consumer = _FencedConsumer
+
+
+def _leave_group_at_generation_zero() -> None:
+    """Make aiokafka send LeaveGroup for a member of generation 0 too.
+
+    aiokafka leaves only when `generation > 0` (Apache Kafka's first generation is 1), but tansu
+    numbers a new group's first generation 0: the first worker of a group would never leave, and
+    its partitions would move only when its session timed out (XMODAL_SESSION_TIMEOUT_MS). A
+    LeaveGroup request carries the member id, not the generation, so passing the check is enough.
+    A no-op on Kafka, where a member that joined never has generation 0.
+    """
+    from aiokafka.consumer import group_coordinator
+
+    coordinator = group_coordinator.GroupCoordinator
+    original = coordinator._maybe_leave_group
+    if getattr(original, "xmodal_patched", False):
+        return
+
+    async def maybe_leave_group(self: Any) -> None:
+        if self.generation == 0 and self.member_id and self._group_instance_id is None:
+            self.generation = 1
+        await original(self)
+
+    maybe_leave_group.xmodal_patched = True  # type: ignore[attr-defined]
+    coordinator._maybe_leave_group = maybe_leave_group  # type: ignore[method-assign]
 
 
 class IngestApp(faust.App):
@@ -142,10 +178,14 @@ class IngestApp(faust.App):
         """Let the batch in hand finish (written and acked, so its offsets commit at stop) and
         take no further batch. False when the batch did not finish in time (it is replayed)."""
         self.draining = True  # first: a batch taken from now on is left unacked for the next owner
+        consumer = cast(_FencedConsumer, self.consumer)
         try:
             await asyncio.wait_for(self.batch_lock.acquire(), timeout_s)
         except asyncio.TimeoutError:
+            consumer.fenced = True  # the batch may still be acked half-way: commit none of it
             return False
+        finally:
+            consumer.drained = True
         self.batch_lock.release()
         return True
 
@@ -176,6 +216,7 @@ def create_app(
     `executor` runs `pipeline.process`; give it one worker: the towers use every core themselves
     and two batches at once would thrash.
     """
+    _leave_group_at_generation_zero()
     app = IngestApp(
         f"{settings.topic_prefix}-ingest",
         broker=f"kafka://{bootstrap}",
