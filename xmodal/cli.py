@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 import threading
@@ -62,8 +63,17 @@ def _serve(settings: Settings, roles: Any, banner: str) -> None:
     from xmodal.runtime import Node
 
     stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        # The first Ctrl-C/SIGTERM stops in order (drain, services, broker); a second one is
+        # "now": exit at once (the embedded broker dies with this process, nothing is committed
+        # that was not written, so the next start replays what was in hand).
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
+        signal.signal(sig, on_signal)
     node = Node(settings, roles)
     try:
         with out.status("starting: loading towers, checking collections, joining Kafka…"):
@@ -71,7 +81,9 @@ def _serve(settings: Settings, roles: Any, banner: str) -> None:
     except XmodalError as e:
         _fail(e.message, 2)
     index = settings.qdrant_url or f"{settings.data_dir / 'index'} (embedded qdrant-edge)"
-    broker = node.bootstrap + ("" if settings.kafka_bootstrap else " (embedded tansu)")
+    broker = node.bootstrap + (
+        "" if settings.kafka_bootstrap else " (embedded tansu, memory only: its topics are gone when xmodal up stops; the index is kept)"
+    )
     out.print(f"[bold green]{banner}[/]", highlight=False)
     out.print(f"  broker   {broker}", highlight=False)
     out.print(f"  index    {index}", highlight=False)
@@ -81,14 +93,15 @@ def _serve(settings: Settings, roles: Any, banner: str) -> None:
         out.print(f"  metrics  http://127.0.0.1:{settings.metrics_port}/metrics")
     out.print("Ctrl-C to stop.")
     try:
-        while not stop.wait(1.0):
+        while not stop.wait(0.2):
             if node.failure is not None:
                 break
     finally:
         with out.status("stopping…"):
-            node.stop()
+            node.stop()  # a failed worker leaves its group here, so its partitions move at once
     if node.failure is not None:
-        _fail(f"stopped: {node.failure}")
+        # Non-zero, so a supervisor restarts it; the batch that failed was not committed.
+        _fail(f"stopped after a failure: {node.failure} (nothing unwritten was committed; a restart replays it)", 3)
     out.print("stopped; the index is kept for the next start.")
 
 
@@ -140,6 +153,12 @@ def _bootstrap_or_fail(settings: Settings) -> str:
     return bootstrap
 
 
+def _embedded_broker(settings: Settings) -> bool:
+    from xmodal.streams.broker import recorded_broker_is_embedded
+
+    return not settings.kafka_bootstrap and recorded_broker_is_embedded(settings.data_dir)
+
+
 @app.command()
 def ingest(
     paths: Annotated[list[str], typer.Argument(help="Files or directories (.txt, .jsonl, images, audio); - for stdin.")],
@@ -167,6 +186,14 @@ def ingest(
         f"failed {report.failed}, skipped {len(report.rejected) - report.failed}",
         highlight=False,
     )
+    if report.acknowledged:
+        # What the acknowledgement promises: the broker has the events; indexing follows.
+        where = (
+            "in the embedded broker's memory (lost if `xmodal up` stops before they are indexed)"
+            if _embedded_broker(settings)
+            else "stored by the broker"
+        )
+        out.print(f"acknowledged = {where}; not yet indexed: search finds them once the worker has indexed them")
     if report.failed or (report.rejected and not report.sent):
         raise typer.Exit(1)
 

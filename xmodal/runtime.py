@@ -146,7 +146,8 @@ class Node:
             # Recorded last: other shells only find a system that is ready to take events. With
             # XMODAL_KAFKA_BOOTSTRAP set, `xmodal up` records that address, so the README flow
             # (ingest and search in a second shell) works against an external Kafka too.
-            record_address(settings.data_dir, self.bootstrap)
+            broker_pid = self._broker.pid if self._broker is not None else None
+            record_address(settings.data_dir, self.bootstrap, broker_pid=broker_pid)
             self._recorded = True
 
     def _connect(self) -> str:

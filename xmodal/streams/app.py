@@ -105,6 +105,9 @@ class _FencedConsumer(faust_aiokafka.Consumer):
     """faust's aiokafka consumer that commits nothing once `fenced` (see the module docstring),
     and does not wait for unacked events once the agent drained or failed."""
 
+    # mode names a service's logger after its class's module: keep faust's chatter under "faust"
+    # (the CLI quiets it), not under this module's name.
+    logger = logging.getLogger("faust.xmodal.consumer")
     fenced = False  # a batch failed: commit nothing more
     drained = False  # stopping, the batch in hand is done: what is left unacked is replayed
 
@@ -152,6 +155,8 @@ def _leave_group_at_generation_zero() -> None:
 
 class IngestApp(faust.App):
     """The ingest app: a faust App whose consumer can be fenced, and that drains before it stops."""
+
+    logger = logging.getLogger("faust.xmodal.app")  # under "faust", as for the consumer above
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

