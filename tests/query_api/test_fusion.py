@@ -13,53 +13,76 @@ def hit(item: str, score: float, modality: str = "text") -> Hit:
     return Hit(item_id=item, score=score, modality=modality, metadata={"m": item})
 
 
-def unit_rows(cosines: list[float], dim: int = 3) -> tuple[np.ndarray, np.ndarray]:
-    """A query e0 and unit vectors whose cosines with it are `cosines`."""
-    query = np.eye(dim, dtype=np.float32)[0]
-    rows = np.array([[c, (1 - c * c) ** 0.5, 0.0] for c in cosines], dtype=np.float32)
-    return query, rows
+def cal(cosines: list[float]) -> Calibration:
+    """The calibration of a query e0 against unit vectors whose cosines with it are `cosines`."""
+    query = np.eye(3, dtype=np.float32)[0]
+    rows = np.array([[c, (1 - c * c) ** 0.5, 0.0] for c in cosines], dtype=np.float32).reshape(-1, 3)
+    return calibration(query, rows)
 
 
-def test_calibration_is_a_robust_z_score_shrunk_towards_the_prior() -> None:
-    cosines = [0.1, 0.2, 0.2, 0.3, 0.9]  # median 0.2, MAD 0.1 (the 0.9 outlier does not move them)
-    query, background = unit_rows(cosines)
-    c = calibration(query, background)
+def by_hand(cosine: float, background: list[float]) -> float:
+    """(cosine - q95(others)) / (w max(std(all), floor) + (1 - w) prior): others = all but the best,
+    w = n / (n + 4)."""
+    others = sorted(background)[:-1]
+    w = len(background) / (len(background) + PRIOR_ITEMS)
+    return (cosine - float(np.quantile(others, 0.95))) / (
+        w * max(float(np.std(background)), SCALE_FLOOR) + (1 - w) * PRIOR_SCALE
+    )
+
+
+def test_a_hit_is_measured_against_the_upper_tail_of_the_others_in_standard_deviations() -> None:
+    cosines = [0.1, 0.2, 0.2, 0.3, 0.9]
+    c = cal(cosines)
+    assert c(0.9) == pytest.approx(by_hand(0.9, cosines), rel=1e-4)
+    q95 = 0.2 + 0.85 * (0.3 - 0.2)  # of the four others, between the 3rd and 4th (linear interpolation)
     w = 5 / (5 + PRIOR_ITEMS)
-    assert c.center == pytest.approx(w * 0.2, abs=1e-6)
-    assert c.scale == pytest.approx(w * 0.1 * 1.4826 + (1 - w) * PRIOR_SCALE, abs=1e-6)
-    assert c(0.9) == pytest.approx((0.9 - c.center) / c.scale)
+    assert c.center == pytest.approx(q95, rel=1e-4)
+    assert c.scale == pytest.approx(w * np.std(cosines) + (1 - w) * PRIOR_SCALE, rel=1e-4)
 
 
-def test_a_uniform_background_keeps_the_floor() -> None:
-    query, background = unit_rows([0.3] * 200)
-    c = calibration(query, background)
+def test_a_uniform_or_tiny_background_keeps_the_floor_and_the_prior() -> None:
+    c = cal([0.3] * 200)
     w = 200 / (200 + PRIOR_ITEMS)
-    assert c.scale == pytest.approx(w * SCALE_FLOOR + (1 - w) * PRIOR_SCALE, abs=1e-6)
-    assert calibration(query, background[:0]) == Calibration(0.0, PRIOR_SCALE)
+    assert c == Calibration(pytest.approx(0.3), pytest.approx(w * SCALE_FLOOR + (1 - w) * PRIOR_SCALE))
+    assert cal([])(0.25) == pytest.approx(0.25 / PRIOR_SCALE)
+    lone = cal([0.8])  # no competitor: center 0, a fifth of the weight on the sample's (floored) spread
+    assert lone(0.8) == pytest.approx(0.8 / (0.2 * SCALE_FLOOR + 0.8 * PRIOR_SCALE))
+
+
+def test_a_cluster_of_similar_competitors_raises_the_bar() -> None:
+    # 30 unrelated texts near 0.1 and a cluster of 8 similar captions near 0.6: against the median
+    # every caption would look like a match; a caption must stand out of its cluster instead.
+    c = cal([0.1] * 30 + [0.55, 0.57, 0.58, 0.6, 0.6, 0.62, 0.63, 0.65])
+    assert c(0.6) < 0.5 < c(0.9)
 
 
 def test_modalities_interleave_by_how_far_each_hit_stands_above_its_background() -> None:
-    # Texts: high raw cosines everywhere (background around 0.6); images: low (around 0.1), one right.
-    texts = RankedList("s", "text", Calibration(0.6, 0.1), [hit("t1", 0.75), hit("t2", 0.62)])
-    images = RankedList("s", "image", Calibration(0.1, 0.05), [hit("i1", 0.35, "image"), hit("i2", 0.12, "image")])
+    # Texts: high raw cosines everywhere; images: low, one of them right.
+    text_bg = [0.55, 0.58, 0.6, 0.6, 0.61, 0.62, 0.63, 0.75]
+    image_bg = [0.02, 0.04, 0.05, 0.06, 0.06, 0.07, 0.12, 0.35]
+    texts = RankedList("s", "text", cal(text_bg), [hit("t1", 0.75), hit("t2", 0.63)])
+    images = RankedList("s", "image", cal(image_bg), [hit("i1", 0.35, "image"), hit("i2", 0.12, "image")])
     fused = fuse([texts, images], k=4)
     assert [h.id for h in fused] == ["i1", "t1", "i2", "t2"]  # raw cosine order would be t1 t2 i1 i2
-    assert [h.score for h in fused] == pytest.approx([5.0, 1.5, 0.4, 0.2])
-    assert [h.cosine for h in fused] == pytest.approx([0.35, 0.75, 0.12, 0.62])
+    assert fused[0].score == pytest.approx(by_hand(0.35, image_bg), rel=1e-4)
+    assert fused[1].score == pytest.approx(by_hand(0.75, text_bg), rel=1e-4)
+    assert [h.cosine for h in fused] == pytest.approx([0.35, 0.75, 0.12, 0.63])
     assert fused[0].modality == "image" and fused[0].metadata == {"m": "i1"} and fused[0].space == "s"
 
 
 def test_an_item_in_several_spaces_takes_its_best_score_and_k_cuts() -> None:
-    a = RankedList("a", "text", Calibration(0.0, 0.1), [hit("x", 0.3), hit("y", 0.2)])
-    b = RankedList("b", "text", Calibration(0.0, 0.1), [hit("y", 0.5), hit("z", 0.1)])
+    background = [0.0, 0.05, 0.1, 0.1, 0.15, 0.2]
+    a = RankedList("a", "text", cal(background), [hit("x", 0.3), hit("y", 0.2)])
+    b = RankedList("b", "text", cal(background), [hit("y", 0.5), hit("z", 0.1)])
     fused = fuse([a, b], k=2)
     assert [(h.id, h.space) for h in fused] == [("y", "b"), ("x", "a")]
-    assert fused[0].score == pytest.approx(5.0)
+    assert fused[0].score == pytest.approx(cal(background)(0.5))
 
 
 def test_ties_keep_list_order_and_engine_order() -> None:
-    a = RankedList("a", "text", Calibration(0.0, 0.1), [hit("p", 0.2), hit("q", 0.2)])
-    b = RankedList("b", "image", Calibration(0.0, 0.1), [hit("r", 0.2, "image")])
+    background = [0.0, 0.1]
+    a = RankedList("a", "text", cal(background), [hit("p", 0.4), hit("q", 0.4)])
+    b = RankedList("b", "image", cal(background), [hit("r", 0.4, "image")])
     assert [h.id for h in fuse([a, b], k=3)] == ["p", "q", "r"]
     with pytest.raises(ValueError):
         fuse([a], k=0)

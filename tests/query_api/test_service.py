@@ -162,7 +162,11 @@ def test_a_hand_written_kafka_client_gets_the_same_hits(client: SearchClient, br
 
 def test_many_concurrent_requests_from_one_client_are_all_matched(client: SearchClient) -> None:
     captions = {item: caption for item, (_, caption, _, _) in CORPUS.items()}
-    asked = [(item, client.search_async(captions[item], k=2, spaces=["mini"])) for item in list(captions) * 8]
+    modality = {item: m for item, (m, _, _, _) in CORPUS.items()}
+    asked = [
+        (item, client.search_async(captions[item], k=2, spaces=["mini"], modalities=[modality[item]]))
+        for item in list(captions) * 8
+    ]
     for item, future in asked:
         hits = hits_or_raise(future.result(20))
         assert hits[0].id == item and hits[0].cosine == pytest.approx(1.0, abs=1e-4)

@@ -7,18 +7,28 @@ caption outranks every image. So each (space, result modality) is searched on it
 hit's cosine is calibrated against the same query's cosines with a background sample of that
 space's items of that modality:
 
-    score = (cosine - median(background)) / max(1.4826 * MAD(background), SCALE_FLOOR)
+    score = (cosine - q95(background)) / max(std(background), SCALE_FLOOR)
 
-— how many (robust) standard deviations the hit stands above what this query scores against a
-typical item of the hit's modality. A right image and a right caption both stand far above their
-backgrounds, so they interleave by how good they are *for their modality*. Median and MAD are
-robust to the few right items the sample itself may hold; `SCALE_FLOOR` keeps a uniform
-background from inflating scores.
+— how many standard deviations the hit stands above the 95th percentile of what this query scores
+against items of the hit's modality. The reference is the upper tail, not the median, because a
+modality's nearest competitors are what a hit must beat: a text query about a sound scores every
+sound caption well above the image captions, and against the median all of them would look like
+matches and crowd out the sound itself; against the upper tail only a caption that stands out of
+its cluster does. The spread is the standard deviation, so a modality whose cosines are spread
+wide (dense clusters of similar captions) needs a larger margin than one where the right item
+stands alone. A right image and a right caption both stand above their modality's tail, so they
+interleave by how good they are *for their modality*; `SCALE_FLOOR` keeps a uniform background
+from inflating scores.
 
-A small background says little (the median of two images is halfway between them), so both
-statistics are shrunk towards a prior of unrelated unit vectors (center 0, scale `PRIOR_SCALE`)
-with the weight of `PRIOR_ITEMS` items: w = n / (n + PRIOR_ITEMS). At 36 items the sample has
-90 % of the weight; at 2 items, a third.
+The background's best item is left out of the reference: in a small gallery the sample holds the
+hits themselves, and the best hit must not be hidden by its own cosine sitting in the tail. (One
+item, the same for every hit of the list, so the score stays an affine function of the cosine.)
+
+A small background says little, so its spread is shrunk towards a prior spread of unrelated unit
+vectors (`PRIOR_SCALE`) with the weight of `PRIOR_ITEMS` items: w = n / (n + PRIOR_ITEMS), scale =
+w·std + (1 − w)·PRIOR_SCALE (at 36 items the sample has 90 % of the weight; at 2 items, a third).
+A modality with a single item has no competitor to measure against: its center is 0, the cosine
+of unrelated unit vectors. Below about 20 items of a modality, scores lean on the prior and are rough.
 
 Properties callers rely on (docs/protocol.md): within one (space, modality) list the score is an
 increasing affine function of the cosine, so order within a modality is the engine's order; an
@@ -37,12 +47,12 @@ from numpy.typing import NDArray
 from xmodal.indexer.base import Hit
 from xmodal.schema import SearchHit
 
-__all__ = ["PRIOR_ITEMS", "PRIOR_SCALE", "SCALE_FLOOR", "Calibration", "RankedList", "calibration", "fuse"]
+__all__ = ["CENTER_QUANTILE", "PRIOR_ITEMS", "PRIOR_SCALE", "SCALE_FLOOR", "Calibration", "RankedList", "calibration", "fuse"]
 
 SCALE_FLOOR = 0.02  # cosine units: below the spread of unrelated pairs in every space we ship
 PRIOR_SCALE = 0.1  # spread of cosines between unrelated items, about what MiniLM, CLIP and CLAP show
 PRIOR_ITEMS = 4
-_MAD_TO_SIGMA = 1.4826  # MAD of a normal distribution times this is its standard deviation
+CENTER_QUANTILE = 0.95
 
 
 @dataclass(frozen=True)
@@ -58,13 +68,14 @@ class Calibration:
 
 def calibration(query: NDArray[np.float32], background: NDArray[np.float32]) -> Calibration:
     """The calibration of `query` against `background`, an (m, dim) sample of unit vectors."""
-    if len(background) == 0:
+    cosines = np.sort(background @ np.asarray(query, dtype=np.float32)).astype(np.float64)
+    if len(cosines) == 0:
         return Calibration(0.0, PRIOR_SCALE)
-    cosines = background @ np.asarray(query, dtype=np.float32)
-    center = float(np.median(cosines))
-    spread = max(float(np.median(np.abs(cosines - center))) * _MAD_TO_SIGMA, SCALE_FLOOR)
+    others = cosines[:-1]  # without the best item: it may be the hit itself
+    center = float(np.quantile(others, CENTER_QUANTILE)) if len(others) else 0.0
     weight = len(cosines) / (len(cosines) + PRIOR_ITEMS)
-    return Calibration(weight * center, weight * spread + (1 - weight) * PRIOR_SCALE)
+    spread = max(float(np.std(cosines)), SCALE_FLOOR)
+    return Calibration(center, weight * spread + (1 - weight) * PRIOR_SCALE)
 
 
 @dataclass(frozen=True)
