@@ -258,13 +258,15 @@ def search(
         sys.stdout.write("\n")
         return
     table = Table(title=f"{len(hits)} results", title_justify="left")
-    for column, justify in (("rank", "right"), ("score", "right"), ("modality", "left")):
+    # score: calibrated, comparable across modalities; cosine: raw, within its space and modality
+    for column, justify in (("rank", "right"), ("score", "right"), ("cosine", "right"), ("modality", "left")):
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     table.add_column("id", overflow="fold")  # ids are what a user acts on: wrap, never elide
     table.add_column("metadata", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         meta = orjson.dumps(hit.metadata).decode() if hit.metadata else ""
-        table.add_row(str(rank), f"{hit.score:.4f}", hit.modality, hit.id, meta)
+        cosine = f"{hit.cosine:.3f}" if hit.cosine is not None else ""
+        table.add_row(str(rank), f"{hit.score:.2f}", cosine, hit.modality, hit.id, meta)
     out.print(table)
 
 
