@@ -4,38 +4,20 @@ orphan broker. Each test runs the real CLI in a subprocess and signals it from o
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
-import sys
-import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
+from cli_support import Up, start_up, user_env
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-XMODAL = [sys.executable, "-m", "xmodal.cli"]
 # Generous: a clean stop takes about a second on 2 busy cores; what fails is 30 s of error lines.
 STOP_DEADLINE_S = 20.0
-
-
-@dataclass
-class Up:
-    proc: subprocess.Popen[str]
-    broker_pid: int
-    lines: queue.Queue[str | None]  # stdout+stderr, line by line; None at the end
-    seen: list[str] = field(default_factory=list)
-
-    def rest(self) -> str:
-        """Everything printed after it was ready, once it has exited."""
-        out = []
-        while (line := self.lines.get(timeout=10)) is not None:
-            out.append(line)
-        return "".join(out)
 
 
 def pid_alive(pid: int) -> bool:
@@ -59,43 +41,30 @@ def wait_gone(pid: int, timeout_s: float) -> bool:
     return True
 
 
-def start_up(tmp_path: Path, timeout_s: float = 180) -> Up:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
-    env.update(XMODAL_DATA_DIR=str(tmp_path / "data"), XMODAL_METRICS_PORT="0", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(
-        [*XMODAL, "up"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
+@dataclass
+class Started:
+    up: Up
+    broker_pid: int
 
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
+    @property
+    def proc(self) -> subprocess.Popen[str]:
+        return self.up.proc
 
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if "Ctrl-C to stop" in line:
-            record = orjson.loads((tmp_path / "data" / "broker.json").read_bytes())
-            assert record["embedded"] is True
-            assert any("memory only" in s for s in seen), seen  # the banner says what it keeps
-            return Up(proc, int(record["broker_pid"]), lines, seen)
-    proc.kill()
-    pytest.fail("xmodal up did not come up:\n" + "".join(seen))
+    def rest(self) -> str:
+        return self.up.rest()
+
+
+def start_embedded(tmp_path: Path) -> Started:
+    up = start_up(user_env(tmp_path), tmp_path)
+    record = orjson.loads((tmp_path / "data" / "broker.json").read_bytes())
+    assert record["embedded"] is True
+    assert any("memory only" in s for s in up.seen), up.seen  # the banner says what it keeps
+    return Started(up, int(record["broker_pid"]))
 
 
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
 def test_a_signal_stops_up_quickly_with_one_line_and_the_broker_last(tmp_path: Path, sig: signal.Signals) -> None:
-    up = start_up(tmp_path)
+    up = start_embedded(tmp_path)
     try:
         assert pid_alive(up.broker_pid)
         # The broker is in its own session: the terminal's Ctrl-C (sent to the foreground
@@ -119,7 +88,7 @@ def test_a_signal_stops_up_quickly_with_one_line_and_the_broker_last(tmp_path: P
 
 
 def test_sigkill_of_up_leaves_no_orphan_broker(tmp_path: Path) -> None:
-    up = start_up(tmp_path)
+    up = start_embedded(tmp_path)
     try:
         assert pid_alive(up.broker_pid)
         up.proc.kill()

@@ -2,89 +2,21 @@
 
 from __future__ import annotations
 
-import os
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import orjson
 import pytest
+from cli_support import Up, free_port, run, start_up, stop_up, user_env
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
-
-XMODAL = [sys.executable, "-m", "xmodal.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @pytest.fixture
 def shell_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
-    env.update(XMODAL_DATA_DIR=str(tmp_path / "data"), XMODAL_METRICS_PORT=str(free_port()), PYTHONUNBUFFERED="1")
-    return env
-
-
-def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*XMODAL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
-
-@dataclass
-class Up:
-    proc: subprocess.Popen[str]
-    lines: queue.Queue[str | None]  # what it prints, line by line; None at the end
-
-
-def start_up(env: dict[str, str], cwd: Path, timeout_s: float = 180) -> Up:
-    """`xmodal up` in the background, returned once it printed that it is ready (or fail, with its output)."""
-    proc = subprocess.Popen(
-        [*XMODAL, "up"], env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
-    )
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:  # readline() blocks: read in a thread so the wait has a deadline
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if "Ctrl-C to stop" in line:
-            assert any("broker   " in s for s in seen), seen
-            return Up(proc, lines)
-    proc.kill()
-    pytest.fail("xmodal up did not come up:\n" + "".join(seen))
-
-
-def stop_up(up: Up, timeout_s: float = 60) -> str:
-    """SIGINT, as Ctrl-C; returns what it printed after it was ready."""
-    up.proc.send_signal(signal.SIGINT)
-    up.proc.wait(timeout_s)
-    out: list[str] = []
-    while (line := up.lines.get(timeout=5)) is not None:
-        out.append(line)
-    return "".join(out)
+    return user_env(tmp_path, XMODAL_METRICS_PORT=str(free_port()))
 
 
 @pytest.fixture

@@ -6,13 +6,6 @@ by hand, and the exit status against thresholds on each side of the measured val
 from __future__ import annotations
 
 import base64
-import os
-import queue
-import signal
-import socket
-import subprocess
-import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,70 +13,26 @@ from pathlib import Path
 import numpy as np
 import orjson
 import pytest
+from cli_support import Up, run, start_up, stop_up, user_env
 
 from xmodal.encoders.mini.corpus import Item, image_items, image_png, render_image, render_sound, sound_items, waveform_wav
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
-XMODAL = [sys.executable, "-m", "xmodal.cli"]
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def run(args: list[str], env: dict[str, str], cwd: Path, timeout: float = 180) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([*XMODAL, *args], env=env, cwd=cwd, capture_output=True, text=True, timeout=timeout)
-
 
 @pytest.fixture
 def env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
-    env.update(XMODAL_DATA_DIR=str(tmp_path / "data"), XMODAL_METRICS_PORT="0", PYTHONUNBUFFERED="1", COLUMNS="250")
-    return env
+    return user_env(tmp_path, COLUMNS="250")
 
 
 @pytest.fixture
-def up(env: dict[str, str], tmp_path: Path) -> Iterator[subprocess.Popen[str]]:
-    """`xmodal up` in the background until it prints that it is ready; SIGINT at the end."""
-    proc = subprocess.Popen([*XMODAL, "up"], env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    lines: queue.Queue[str | None] = queue.Queue()
-
-    def pump() -> None:
-        assert proc.stdout is not None
-        for line in proc.stdout:
-            lines.put(line)
-        lines.put(None)
-
-    threading.Thread(target=pump, daemon=True).start()
-    seen: list[str] = []
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        try:
-            line = lines.get(timeout=1)
-        except queue.Empty:
-            continue
-        if line is None:
-            break
-        seen.append(line)
-        if "Ctrl-C to stop" in line:
-            break
-    else:
-        proc.kill()
-        pytest.fail("xmodal up did not come up:\n" + "".join(seen))
-    if proc.poll() is not None:
-        pytest.fail("xmodal up stopped:\n" + "".join(seen))
+def up(env: dict[str, str], tmp_path: Path) -> Iterator[Up]:
+    """`xmodal up` in the background until it prints that it is ready; Ctrl-C at the end."""
+    running = start_up(env, tmp_path)
     try:
-        yield proc
+        yield running
     finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(10)
+        stop_up(running)
 
 
 def gallery() -> tuple[list[dict[str, object]], list[Item], list[Item]]:
@@ -110,7 +59,7 @@ def by_hand(ranked: list[str], relevant: set[str], k: int) -> dict[str, float]:
     }
 
 
-def test_eval_through_the_broker(up: subprocess.Popen[str], env: dict[str, str], tmp_path: Path) -> None:
+def test_eval_through_the_broker(up: Up, env: dict[str, str], tmp_path: Path) -> None:
     events, images, sounds = gallery()
     modality_of = {str(e["id"]): str(e["modality"]) for e in events}
     media = tmp_path / "gallery.jsonl"
