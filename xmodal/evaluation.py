@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -124,18 +124,23 @@ def _read_text(path: Path, what: str) -> str:
         raise EvalInputError(f"cannot read the {what} file {path}: {e}") from e
 
 
-def load_queries(path: Path) -> list[EvalQuery]:
-    """QUERIES.jsonl: one `{"query_id", "query", "modalities"?, "filter"?}` object per line."""
-    queries: list[EvalQuery] = []
-    seen: dict[str, int] = {}
-    for lineno, line in enumerate(_read_text(path, "queries").splitlines(), 1):
+def _json_lines(path: Path, what: str) -> Iterator[tuple[int, str, Any]]:
+    """(line number, "path:line", parsed JSON) of each non-blank line of a JSONL file."""
+    for lineno, line in enumerate(_read_text(path, what).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{lineno}"
         try:
-            obj = orjson.loads(line)
+            yield lineno, where, orjson.loads(line)
         except orjson.JSONDecodeError as e:
             raise EvalInputError(f"{where}: not valid JSON: {e}") from e
+
+
+def load_queries(path: Path) -> list[EvalQuery]:
+    """QUERIES.jsonl: one `{"query_id", "query", "modalities"?, "filter"?}` object per line."""
+    queries: list[EvalQuery] = []
+    seen: dict[str, int] = {}
+    for lineno, where, obj in _json_lines(path, "queries"):
         if not isinstance(obj, dict):
             raise EvalInputError(f"{where}: each line is a JSON object with query_id and query")
         unknown = sorted(set(obj) - _QUERY_FIELDS)
@@ -209,14 +214,7 @@ def load_qrels(path: Path) -> Qrels:
 def load_item_modalities(path: Path) -> dict[str, str]:
     """JSONL objects with "id" and "modality" (a MediaEvent file works as it is) -> item id -> modality."""
     out: dict[str, str] = {}
-    for lineno, line in enumerate(_read_text(path, "items").splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{lineno}"
-        try:
-            obj = orjson.loads(line)
-        except orjson.JSONDecodeError as e:
-            raise EvalInputError(f"{where}: not valid JSON: {e}") from e
+    for _lineno, where, obj in _json_lines(path, "items"):
         usable = isinstance(obj, dict) and isinstance(obj.get("id"), str)
         if not usable or obj.get("modality") not in ("text", "image", "audio"):
             raise EvalInputError(f"{where}: expected an object with \"id\" and \"modality\" (text, image or audio)")
