@@ -93,6 +93,23 @@ class Settings(BaseSettings):
     query_concurrency: int = Field(8, ge=1, le=256, description="search requests served at once")
     search_timeout_s: float = Field(10.0, gt=0, description="SearchClient default timeout")
 
+    # HTTP gateway and web page (xmodal serve; hosted by xmodal up)
+    http_host: str = Field("127.0.0.1", min_length=1, description="address the HTTP gateway listens on")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP gateway port (0: a free port for serve, off for up)")
+    http_max_upload_bytes: int = Field(
+        700_000,
+        ge=1024,
+        le=64 * 1024 * 1024,
+        description="largest file POST /search/upload takes (also capped by XMODAL_MAX_MEDIA_BYTES); "
+        "it travels base64 in one Kafka message, 1 MB by default",
+    )
+    thumbnail_size: int = Field(
+        128, ge=0, le=1024, description="longest side of the thumbnail stored with each image/audio item; 0: none"
+    )
+    audio_preview_seconds: float = Field(
+        2.0, ge=0, le=10, description="seconds of 16 kHz 8-bit audio stored with each sound as its preview; 0: none"
+    )
+
     # Observability
     metrics_port: int = Field(9464, ge=0, le=65535, description="Prometheus /metrics port; 0: off")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="log level")

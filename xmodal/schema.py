@@ -24,7 +24,9 @@ __all__ = [
     "SearchReply",
     "SearchRequest",
     "TOPIC_NAME_PATTERN",
+    "Thumbnail",
     "dump",
+    "dump_reply",
     "parse_media_event",
     "parse_search_reply",
     "parse_search_request",
@@ -121,6 +123,8 @@ class SearchRequest(_Message):
     filter: dict[str, FilterValue] = Field(default_factory=dict)
     spaces: Annotated[list[str], Field(min_length=1)] | None = None  # default: every configured space
     deadline_ms: int | None = None  # ms since epoch; a request seen after it gets deadline_exceeded
+    # Hits carry the item's stored thumbnail (docs/http.md); off by default: replies stay small.
+    with_thumbnails: StrictBool = False
 
     @field_validator("reply_to")
     @classmethod
@@ -135,6 +139,14 @@ class _Reply(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
+class Thumbnail(_Reply):
+    """What ingest stored to show an item (xmodal/thumbnails.py): data URLs and a caption."""
+
+    image: str | None = None  # data:image/jpeg|png;base64,… (a picture, or a sound's waveform)
+    audio: str | None = None  # data:audio/wav;base64,… (the start of a sound)
+    text: str | None = None  # the start of a text item
+
+
 class SearchHit(_Reply):
     id: str
     score: float  # calibrated: comparable across modalities and spaces (docs/protocol.md)
@@ -142,6 +154,7 @@ class SearchHit(_Reply):
     metadata: Metadata = Field(default_factory=dict)
     cosine: float | None = None  # raw similarity in `space` (absent from older services)
     space: str | None = None  # the space whose list gave `score`
+    thumbnail: Thumbnail | None = None  # only when the request asked `with_thumbnails` (and one is stored)
 
 
 class ErrorInfo(_Reply):
@@ -265,3 +278,14 @@ def parse_search_reply(value: bytes) -> SearchReply:
 
 def dump(message: BaseModel) -> bytes:
     return orjson.dumps(message.model_dump(mode="json"))
+
+
+def dump_reply(reply: SearchReply) -> bytes:
+    """A reply's JSON; hits without a thumbnail carry no `thumbnail` key (replies as before)."""
+    raw = reply.model_dump(mode="json")
+    for hit in raw["hits"]:
+        if hit.get("thumbnail") is None:
+            hit.pop("thumbnail", None)
+        else:
+            hit["thumbnail"] = {k: v for k, v in hit["thumbnail"].items() if v is not None}
+    return orjson.dumps(raw)

@@ -117,6 +117,7 @@ def hit_from_payload(payload: Mapping[str, Any] | None, score: float) -> Hit:
         score=float(score),
         modality=str(payload.get("modality", "")),
         metadata=dict(payload.get("metadata") or {}),
+        thumbnail=thumbnail if isinstance(thumbnail := payload.get("thumbnail"), dict) else None,
     )
 
 

@@ -34,15 +34,19 @@ class IndexPoint:
     metadata: Mapping[str, Any] = field(default_factory=dict)
     ts: int | None = None  # event time, ms since epoch
     source: Mapping[str, Any] | None = None  # {"topic", "partition", "offset"} of the event
+    thumbnail: Mapping[str, str] | None = None  # xmodal/thumbnails.py; stored only when given
 
     def payload(self) -> dict[str, Any]:
-        return {
+        payload: dict[str, Any] = {
             "item_id": self.item_id,
             "modality": self.modality,
             "metadata": dict(self.metadata),
             "ts": self.ts,
             "source": dict(self.source) if self.source is not None else None,
         }
+        if self.thumbnail is not None:
+            payload["thumbnail"] = dict(self.thumbnail)
+        return payload
 
 
 @dataclass(frozen=True)
@@ -51,6 +55,7 @@ class Hit:
     score: float
     modality: str
     metadata: dict[str, Any]
+    thumbnail: dict[str, str] | None = None  # the payload's thumbnail, when one was stored
 
 
 @runtime_checkable

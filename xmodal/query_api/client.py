@@ -226,6 +226,7 @@ class SearchClient:
         filter: dict[str, str | int | bool] | None = None,
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
+        with_thumbnails: bool = False,
     ) -> list[SearchHit]:
         """The `k` nearest items to one query: `text`, `image` bytes, `audio` bytes, or a `uri`
         with the `modality` it points at. Raises SchemaError for a request the protocol refuses
@@ -242,6 +243,7 @@ class SearchClient:
             filter=filter,
             spaces=spaces,
             timeout=timeout,
+            with_thumbnails=with_thumbnails,
         )
         return hits_or_raise(self._result(future, timeout))
 
@@ -258,6 +260,7 @@ class SearchClient:
         filter: dict[str, str | int | bool] | None = None,
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
+        with_thumbnails: bool = False,
     ) -> Future[SearchReply]:
         """Send one search and return at once. The future holds the reply as it came (check
         `.ok`, or pass it to `hits_or_raise`), or fails with SearchTimeout / SearchError."""
@@ -286,6 +289,8 @@ class SearchClient:
             payload["filter"] = filter
         if spaces is not None:
             payload["spaces"] = list(spaces)
+        if with_thumbnails:
+            payload["with_thumbnails"] = True
         # Validated here with the service's own parser: a bad argument fails now, with the same code.
         return self.send(parse_search_request(orjson.dumps(payload)), timeout=timeout)
 

@@ -110,6 +110,7 @@ def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
                     space=ranked.space,
                     modality=hit.modality,
                     metadata=hit.metadata,
+                    thumbnail=hit.thumbnail,
                 ),
             )
     ranked_hits = sorted(best.values(), key=lambda entry: (-entry[0], entry[1]))

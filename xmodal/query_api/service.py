@@ -49,7 +49,7 @@ from xmodal.errors import BrokerError, SchemaError, XmodalError
 from xmodal.metrics import SEARCH_ERRORS, SEARCH_REQUESTS, STAGE_SECONDS, UNROUTABLE_REQUESTS
 from xmodal.query_api.routing import reply_topic_refusal
 from xmodal.query_api.searcher import Searcher
-from xmodal.schema import ErrorInfo, SearchReply, dump, parse_search_request
+from xmodal.schema import ErrorInfo, SearchHit, SearchReply, dump_reply, parse_search_request
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config
 
 __all__ = ["QueryService", "salvage_route"]
@@ -63,6 +63,25 @@ MAX_ECHOED_ID = 1024
 # Pause of the poll loop after a retriable broker error, so a broker that is down costs a warning
 # every half second, not a busy loop; librdkafka reconnects meanwhile.
 RETRY_PAUSE_S = 0.5
+# Thumbnails (data URLs) one reply carries at most, in characters: a reply is one Kafka record,
+# 1 MB by default. Hits past it come without theirs (their order and scores are unchanged).
+REPLY_THUMBNAIL_BUDGET = 600_000
+
+
+def thumbnails_within_budget(hits: list[SearchHit], wanted: bool, budget: int = REPLY_THUMBNAIL_BUDGET) -> list[SearchHit]:
+    """The hits with their thumbnails when the request asked for them, best first within `budget`."""
+    kept: list[SearchHit] = []
+    for hit in hits:
+        if hit.thumbnail is None:
+            kept.append(hit)
+            continue
+        size = sum(len(v) for v in (hit.thumbnail.image, hit.thumbnail.audio, hit.thumbnail.text) if v)
+        if wanted and size <= budget:
+            budget -= size
+            kept.append(hit)
+        else:
+            kept.append(hit.model_copy(update={"thumbnail": None}))
+    return kept
 
 
 def salvage_route(value: bytes | None, key: bytes | None, settings: Settings) -> tuple[str | None, str, str | None]:
@@ -319,7 +338,7 @@ class QueryService:
                 late = time.time() * 1000 - request.deadline_ms
                 message = f"picked up {late:.0f} ms after its deadline_ms"
                 return reply_topic, self._error_reply(request.request_id, "deadline_exceeded", message, start), None
-            hits = self._searcher.search(request)
+            hits = thumbnails_within_budget(self._searcher.search(request), request.with_thumbnails)
         except XmodalError as e:
             return reply_topic, self._error_reply(request.request_id, e.code, e.message, start), None
         except Exception as e:
@@ -347,7 +366,7 @@ class QueryService:
         if reply.error is not None:
             SEARCH_ERRORS.labels(reply.error.code).inc()
         assert self._producer is not None
-        value = dump(reply)
+        value = dump_reply(reply)
         while True:
             try:
                 self._producer.produce(

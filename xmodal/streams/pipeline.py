@@ -32,6 +32,7 @@ from xmodal.errors import DimensionMismatch, EncodeError, VectorIndexError, Xmod
 from xmodal.indexer.base import IndexPoint, VectorIndex
 from xmodal.metrics import DEAD_LETTERS, EVENTS, INDEX_LAG, timed
 from xmodal.schema import MediaEvent, parse_media_event
+from xmodal.thumbnails import ThumbnailSpec, make_thumbnail
 
 __all__ = ["BatchResult", "DeadLetter", "IngestPipeline", "SourceRecord", "encode_items"]
 
@@ -134,6 +135,7 @@ class _Item:
     event: MediaEvent
     content: Any = None  # str | PIL image | Waveform, once decoded
     position: int = -1  # in the part being written: identifies this event (an item id may repeat)
+    thumbnail: dict[str, str] | None = None  # stored in the payload (xmodal/thumbnails.py)
 
     @property
     def decoded_bytes(self) -> int:
@@ -216,8 +218,11 @@ class IngestPipeline:
         limits: MediaLimits,
         *,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
+        thumbnails: ThumbnailSpec | None = None,
     ) -> None:
+        """`thumbnails`: store a thumbnail with each point (None: none, as before)."""
         self._spaces = dict(spaces)
+        self._thumbnails = thumbnails
         self._index = index
         # Audio is decoded only as far as the configured towers read it.
         self._limits = limits.for_encoders(self._spaces.values())
@@ -272,6 +277,8 @@ class IngestPipeline:
                     item.content = event.text
                 else:
                     item.content = load_media(event.modality, data_b64=event.data, uri=event.uri, limits=self._limits)
+                if self._thumbnails is not None:
+                    item.thumbnail = make_thumbnail(str(event.modality), item.content, self._thumbnails)
             return item
         except XmodalError as e:
             result.dead.append(DeadLetter(record, e.code, e.message, "decode"))
@@ -406,6 +413,7 @@ class IngestPipeline:
             metadata=item.event.metadata,
             ts=item.event.ts if item.event.ts is not None else item.record.timestamp_ms,
             source={"topic": item.record.topic, "partition": item.record.partition, "offset": item.record.offset},
+            thumbnail=item.thumbnail,
         )
 
 

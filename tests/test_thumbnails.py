@@ -1,0 +1,53 @@
+"""Thumbnails made at ingest (xmodal/thumbnails.py): sizes, formats, the off switches."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import soundfile as sf
+from PIL import Image
+
+from xmodal.encoders.base import Waveform
+from xmodal.thumbnails import PREVIEW_RATE, TEXT_PREVIEW_CHARS, ThumbnailSpec, make_thumbnail
+
+
+def decode(url: str, mime: str) -> bytes:
+    head, _, data = url.partition(",")
+    assert head == f"data:{mime};base64"
+    return base64.b64decode(data, validate=True)
+
+
+def test_image_thumbnail_fits_the_size_keeps_the_aspect_and_never_enlarges() -> None:
+    wide = Image.new("RGB", (1000, 500), (200, 30, 30))
+    thumb = make_thumbnail("image", wide, ThumbnailSpec(size=96))
+    assert thumb is not None and set(thumb) == {"image"}
+    small = Image.open(io.BytesIO(decode(thumb["image"], "image/jpeg")))
+    assert small.size == (96, 48)
+    assert abs(small.getpixel((48, 24))[0] - 200) < 12  # the picture, not a blank
+    tiny = make_thumbnail("image", Image.new("RGB", (40, 30)), ThumbnailSpec(size=96))
+    assert tiny is not None and Image.open(io.BytesIO(decode(tiny["image"], "image/jpeg"))).size == (40, 30)
+
+
+def test_sound_gets_a_waveform_picture_and_a_short_16k_preview() -> None:
+    t = np.arange(48_000 * 5) / 48_000
+    clip = Waveform((0.5 * np.sin(2 * np.pi * 440 * t)).astype(np.float32), 48_000)
+    thumb = make_thumbnail("audio", clip, ThumbnailSpec(size=128, audio_seconds=2.0))
+    assert thumb is not None and set(thumb) == {"image", "audio"}
+    picture = Image.open(io.BytesIO(decode(thumb["image"], "image/png")))
+    assert picture.size == (128, 64)
+    samples, rate = sf.read(io.BytesIO(decode(thumb["audio"], "audio/wav")))
+    assert rate == PREVIEW_RATE and len(samples) == 2 * PREVIEW_RATE
+    assert 0.4 < np.abs(samples).max() < 0.6  # the tone survives 8-bit PCM
+    assert len(thumb["audio"]) < 45_000  # about 32 kB of WAV as base64
+
+
+def test_text_keeps_its_start_and_the_settings_turn_pictures_and_previews_off() -> None:
+    long = "word " * 200
+    assert make_thumbnail("text", long, ThumbnailSpec()) == {"text": long[:TEXT_PREVIEW_CHARS]}
+    off = ThumbnailSpec(size=0, audio_seconds=0)
+    assert make_thumbnail("image", Image.new("RGB", (10, 10)), off) is None
+    assert make_thumbnail("audio", Waveform(np.zeros(16_000, np.float32), 16_000), off) is None
+    only_preview = make_thumbnail("audio", Waveform(np.zeros(16_000, np.float32), 16_000), ThumbnailSpec(0, 1.0))
+    assert only_preview is not None and set(only_preview) == {"audio"}
