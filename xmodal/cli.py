@@ -91,6 +91,10 @@ def _serve(settings: Settings, roles: Any, banner: str) -> None:
     out.print(f"  topics   {settings.media_topic} → index · {settings.requests_topic} → {settings.replies_topic}")
     if settings.metrics_port:
         out.print(f"  metrics  http://127.0.0.1:{settings.metrics_port}/metrics")
+    if node.http is not None:
+        out.print(f"  web      {node.http.url}  (search page; API docs at {node.http.url}docs)", highlight=False)
+    elif node.http_problem is not None:
+        out.print(f"  web      [yellow]not served:[/] {node.http_problem}", highlight=False)
     out.print("Ctrl-C to stop.")
     try:
         while not stop.wait(0.2):
@@ -111,7 +115,51 @@ def up(data_dir: DataDir = None, spaces: Spaces = None, kafka_bootstrap: Bootstr
     from xmodal.runtime import Roles
 
     settings = _settings(data_dir=data_dir, spaces=spaces, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
-    _serve(settings, Roles(ingest=True, query=True, start_broker=True), "xmodal is up")
+    _serve(settings, Roles(ingest=True, query=True, start_broker=True, http=True), "xmodal is up")
+
+
+HttpHost = Annotated[str | None, typer.Option(envvar="XMODAL_HTTP_HOST", help="Address the HTTP gateway listens on.")]
+HttpPort = Annotated[int | None, typer.Option(envvar="XMODAL_HTTP_PORT", help="HTTP port (0: any free port).")]
+
+
+@app.command()
+def serve(
+    http_host: HttpHost = None, http_port: HttpPort = None, data_dir: DataDir = None, kafka_bootstrap: Bootstrap = None
+) -> None:
+    """Serve the HTTP API and the search page; a client of the query service over Kafka (docs/http.md)."""
+    from xmodal.gateway.server import GatewayServer
+
+    settings = _settings(http_host=http_host, http_port=http_port, data_dir=data_dir, kafka_bootstrap=kafka_bootstrap)
+    bootstrap = _bootstrap_or_fail(settings)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: Any) -> None:
+        if stop.is_set():
+            os._exit(128 + signum)
+        stop.set()
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    server = GatewayServer(settings, bootstrap)
+    try:
+        server.start()
+    except XmodalError as e:
+        _fail(e.message, 2)
+    out.print("[bold green]xmodal gateway is serving[/]", highlight=False)
+    out.print(f"  web      {server.url}", highlight=False)
+    out.print(f"  api      {server.url}docs", highlight=False)
+    out.print(f"  broker   {bootstrap} · {settings.requests_topic} → {server.gateway.client.reply_topic if server.gateway else ''}", highlight=False)
+    out.print("Ctrl-C to stop.")
+    try:
+        while not stop.wait(0.2):
+            if server.crashed is not None:
+                break
+    finally:
+        crashed = server.crashed
+        server.stop()
+    if crashed is not None:
+        _fail(f"the gateway stopped: {crashed}", 3)
+    out.print("stopped.")
 
 
 @app.command()

@@ -28,6 +28,7 @@ from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_ad
 from xmodal.streams.kafka import ensure_topics
 
 if TYPE_CHECKING:
+    from xmodal.gateway.server import GatewayServer
     from xmodal.query_api.service import QueryService
     from xmodal.streams.runner import FaustRunner
 
@@ -43,6 +44,8 @@ class Roles:
     # Start tansu when no XMODAL_KAFKA_BOOTSTRAP is set (xmodal up); otherwise use the address
     # recorded by a running `xmodal up` in the same data dir.
     start_broker: bool = False
+    # Serve the HTTP gateway and web page (xmodal up, unless XMODAL_HTTP_PORT=0).
+    http: bool = False
 
 
 def resolve_bootstrap(settings: Settings) -> str | None:
@@ -98,6 +101,8 @@ class Node:
         self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
         self._query: QueryService | None = None
+        self.http: GatewayServer | None = None
+        self.http_problem: str | None = None  # why the gateway of `roles.http` is not served
         self._recorded = False
 
     def start(self) -> Node:
@@ -123,9 +128,14 @@ class Node:
         limits = MediaLimits.from_settings(settings)
         # Loads every tower and checks every collection's dimension before consuming anything.
         from xmodal.streams.pipeline import IngestPipeline
+        from xmodal.thumbnails import ThumbnailSpec
 
         pipeline = IngestPipeline(
-            self.spaces, self.index, limits, max_decoded_bytes=self.settings.batch_max_decoded_bytes
+            self.spaces,
+            self.index,
+            limits,
+            max_decoded_bytes=self.settings.batch_max_decoded_bytes,
+            thumbnails=ThumbnailSpec.from_settings(settings),
         )
         pipeline.start()
         serve_metrics(settings.metrics_port)
@@ -142,6 +152,15 @@ class Node:
 
             self._query = QueryService(settings, self.bootstrap, Searcher(self.spaces, self.index, limits))
             self._query.start()
+        if self.roles.http and settings.http_port:
+            from xmodal.gateway.server import GatewayServer
+
+            try:
+                self.http = GatewayServer(settings, self.bootstrap).start()
+            except ConfigError as e:
+                # The page is an aid, like metrics: a busy port must not stop indexing and search.
+                self.http_problem = e.message
+                log.warning("%s", e.message)
         if self.roles.start_broker:
             # Recorded last: other shells only find a system that is ready to take events. With
             # XMODAL_KAFKA_BOOTSTRAP set, `xmodal up` records that address, so the README flow
@@ -182,6 +201,7 @@ class Node:
     def stop(self) -> None:
         """Stop everything started, in reverse order; one failing step does not skip the others."""
         steps: list[tuple[str, Callable[[], None] | None]] = [
+            ("HTTP gateway", self.http.stop if self.http is not None else None),
             ("query service", self._query.stop if self._query is not None else None),
             ("ingest agents", self._faust.stop if self._faust is not None else None),
             ("index", self.index.close if self.index is not None else None),
@@ -190,6 +210,7 @@ class Node:
             ("broker", self._broker.stop if self._broker is not None else None),
         ]
         self._query = self._faust = self.index = self._lock = self._broker = None
+        self.http = None
         self._recorded = False
         for what, step in steps:
             if step is None:
