@@ -66,8 +66,6 @@ class GatewayServer:
             ) from e
         self.port = int(sock.getsockname()[1])
         self.gateway = Gateway(self.settings, self.bootstrap).start()
-        # One line per request is the proxy's job; ours would drown the system's own log.
-        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)
         config = uvicorn.Config(
             create_app(self.gateway),
             log_config=None,  # the process's logging stays as the CLI set it
@@ -76,6 +74,8 @@ class GatewayServer:
             lifespan="off",
             timeout_graceful_shutdown=5,
         )
+        # One line per request is the proxy's job; ours would drown the system's own log.
+        logging.getLogger("uvicorn.access").setLevel(logging.WARNING)  # after Config, which sets it
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(target=self._run, args=(server, sock), name="xmodal-http", daemon=True)
