@@ -51,3 +51,28 @@ def test_text_keeps_its_start_and_the_settings_turn_pictures_and_previews_off() 
     assert make_thumbnail("audio", Waveform(np.zeros(16_000, np.float32), 16_000), off) is None
     only_preview = make_thumbnail("audio", Waveform(np.zeros(16_000, np.float32), 16_000), ThumbnailSpec(0, 1.0))
     assert only_preview is not None and set(only_preview) == {"audio"}
+
+
+def test_replies_carry_thumbnails_only_when_asked_and_within_the_budget() -> None:
+    import orjson
+
+    from xmodal.query_api.client import parse_reply
+    from xmodal.query_api.service import thumbnails_within_budget
+    from xmodal.schema import SearchHit, SearchReply, dump_reply
+
+    def hit(item_id: str, chars: int) -> SearchHit:
+        return SearchHit.model_validate(
+            {"id": item_id, "score": 1.0, "modality": "image", "thumbnail": {"image": "x" * chars}}
+        )
+
+    hits = [hit("a", 400), hit("b", 400), hit("c", 100), SearchHit(id="d", score=0.5, modality="text")]
+    kept = thumbnails_within_budget(hits, True, budget=600)
+    assert [h.id for h in kept] == ["a", "b", "c", "d"]  # order and hits unchanged
+    assert [h.thumbnail is not None for h in kept] == [True, False, True, False]
+    assert all(h.thumbnail is None for h in thumbnails_within_budget(hits, False, budget=10**9))
+
+    plain = orjson.loads(dump_reply(SearchReply(request_id="r", ok=True, hits=thumbnails_within_budget(hits, False))))
+    assert all("thumbnail" not in h for h in plain["hits"])  # replies as before thumbnails existed
+    rich = dump_reply(SearchReply(request_id="r", ok=True, hits=kept))
+    assert orjson.loads(rich)["hits"][0]["thumbnail"] == {"image": "x" * 400}  # no null fields either
+    assert parse_reply(rich).hits[0].thumbnail is not None
