@@ -12,14 +12,14 @@ import httpx
 import orjson
 import pytest
 import soundfile as sf
+from gateway_support import IMAGES, SOUNDS, TEXTS, UPLOAD_LIMIT, System, image_of, sound_of
 from PIL import Image
 
+from xmodal.config import load_settings
 from xmodal.encoders.mini.corpus import image_png, waveform_wav
+from xmodal.errors import ConfigError
 from xmodal.gateway.errors import status_for
 from xmodal.gateway.server import GatewayServer
-from xmodal.config import load_settings
-
-from gateway_support import IMAGES, SOUNDS, TEXTS, UPLOAD_LIMIT, System, image_of, sound_of
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -204,9 +204,10 @@ def test_readiness_says_when_no_query_service_answers(broker: str, system: Syste
 
 
 def test_a_busy_port_is_a_clear_error(broker: str, system: System) -> None:
-    taken = load_settings({**{"XMODAL_METRICS_PORT": "0", "XMODAL_DATA_DIR": str(system.settings.data_dir)},
-                           "XMODAL_HTTP_PORT": str(system.server.port)})
-    with pytest.raises(Exception) as caught:
+    taken = load_settings(
+        {"XMODAL_METRICS_PORT": "0", "XMODAL_DATA_DIR": str(system.settings.data_dir), "XMODAL_HTTP_PORT": str(system.server.port)}
+    )
+    with pytest.raises(ConfigError) as caught:
         GatewayServer(taken, broker).start()
     assert "XMODAL_HTTP_PORT" in str(caught.value) and str(system.server.port) in str(caught.value)
     assert orjson.loads(httpx.get(f"{system.url}healthz").content) == {"ok": True}  # the first one serves on

@@ -231,7 +231,8 @@ class SearchClient:
         """The `k` nearest items to one query: `text`, `image` bytes, `audio` bytes, or a `uri`
         with the `modality` it points at. Raises SchemaError for a request the protocol refuses
         (before sending), SearchError with the reply's code when the service refuses it, and
-        SearchTimeout when no reply comes within `timeout` seconds (default settings.search_timeout_s)."""
+        SearchTimeout when no reply comes within `timeout` seconds (default settings.search_timeout_s).
+        `with_thumbnails`: hits carry the thumbnails stored at ingest (docs/http.md)."""
         future = self.search_async(
             text,
             image=image,
