@@ -83,6 +83,24 @@ def test_ties_keep_list_order_and_engine_order() -> None:
     background = [0.0, 0.1]
     a = RankedList("a", "text", cal(background), [hit("p", 0.4), hit("q", 0.4)])
     b = RankedList("b", "image", cal(background), [hit("r", 0.4, "image")])
-    assert [h.id for h in fuse([a, b], k=3)] == ["p", "q", "r"]
+    # p and r are their lists' best: the first round, p first (list order); then q
+    assert [h.id for h in fuse([a, b], k=3)] == ["p", "r", "q"]
     with pytest.raises(ValueError):
         fuse([a], k=0)
+
+
+def test_every_modality_s_best_hits_come_first_in_rounds() -> None:
+    # Many captions stand out almost as much as the first; one image and one sound stand out less.
+    text_bg = [0.1] * 200 + [0.7, 0.72, 0.74, 0.76, 0.78, 0.8]
+    texts = RankedList("s", "text", cal(text_bg), [hit(f"t{n}", c) for n, c in enumerate([0.8, 0.78, 0.76, 0.74])])
+    images = RankedList("s", "image", cal([0.01] * 30 + [0.05, 0.12]), [hit("i0", 0.12, "image"), hit("i1", 0.05, "image")])
+    sounds = RankedList("s", "audio", cal([0.0] * 20 + [0.1]), [hit("a0", 0.1, "audio"), hit("a1", 0.0, "audio")])
+    fused = fuse([texts, images, sounds], k=8)
+    by_score = sorted(fused, key=lambda h: -h.score)
+    assert [h.id for h in by_score][:3] == ["t0", "t1", "t2"]  # by score alone the captions fill the top
+    order = [h.id for h in fused]
+    assert set(order[:3]) == {"t0", "i0", "a0"}  # round 1: every modality's best
+    assert order[:3] == [h.id for h in sorted(fused[:3], key=lambda h: -h.score)]  # by score within it
+    assert order.index("t1") < order.index("t2") < order.index("t3")  # each modality keeps its own order
+    outside = [h for h in fused if h.score <= 0]
+    assert outside and order[-len(outside):] == [h.id for h in sorted(outside, key=lambda h: -h.score)]

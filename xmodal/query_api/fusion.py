@@ -30,10 +30,19 @@ w·std + (1 − w)·PRIOR_SCALE (at 36 items the sample has 90 % of the weight; 
 A modality with a single item has no competitor to measure against: its center is 0, the cosine
 of unrelated unit vectors. Below about 20 items of a modality, scores lean on the prior and are rough.
 
+Reply order: the best items of every modality first. Calibrated scores make modalities comparable
+but not equally reliable — in a gallery of a thousand captions, MiniLM finds dozens of captions
+nearly as close as the right one, and by score alone they would fill the first page and push the
+right image and sound out of it. So hits are placed in rounds: every modality's best hit, then
+every modality's second best, and so on, by score within a round; only hits that stand out of their
+modality (score > 0: above the 95th percentile of its other items) take part, and the rest follow
+by score. A modality with nothing that stands out adds nothing to the rounds.
+
 Properties callers rely on (docs/protocol.md): within one (space, modality) list the score is an
 increasing affine function of the cosine, so order within a modality is the engine's order; an
-item found in several spaces takes its best score; ties keep the order of the lists (spaces in
-request order, modalities text, image, audio) and, within a list, the engine's order (score, id).
+item found in several spaces takes its best score (and the rank it has in that space's list); ties
+keep the order of the lists (spaces in request order, modalities text, image, audio) and, within a
+list, the engine's order (score, id).
 """
 
 from __future__ import annotations
@@ -53,6 +62,7 @@ SCALE_FLOOR = 0.02  # cosine units: below the spread of unrelated pairs in every
 PRIOR_SCALE = 0.1  # spread of cosines between unrelated items, about what MiniLM, CLIP and CLAP show
 PRIOR_ITEMS = 4
 CENTER_QUANTILE = 0.95
+_AFTER_THE_ROUNDS = 1 << 30
 
 
 @dataclass(frozen=True)
@@ -89,12 +99,13 @@ class RankedList:
 
 
 def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
-    """The `k` best items over `lists` by calibrated score (module docstring)."""
+    """The `k` best items over `lists`, in reply order (module docstring)."""
     if k < 1:
         raise ValueError(f"k must be at least 1, got {k}")
-    best: dict[str, tuple[float, int, SearchHit]] = {}  # item id -> (score, first-seen order, hit)
+    # item id -> (score, first-seen order, hit, rank in the list that gave the score)
+    best: dict[str, tuple[float, int, SearchHit, int]] = {}
     for ranked in lists:
-        for hit in ranked.hits:
+        for rank, hit in enumerate(ranked.hits):
             score = ranked.calibration(hit.score)
             seen = best.get(hit.item_id)
             if seen is not None and seen[0] >= score:
@@ -112,6 +123,14 @@ def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
                     metadata=hit.metadata,
                     thumbnail=hit.thumbnail,
                 ),
+                rank,
             )
-    ranked_hits = sorted(best.values(), key=lambda entry: (-entry[0], entry[1]))
-    return [hit for _, _, hit in ranked_hits[:k]]
+    ranked_hits = sorted(best.values(), key=_reply_order)
+    return [hit for _, _, hit, _ in ranked_hits[:k]]
+
+
+def _reply_order(entry: tuple[float, int, SearchHit, int]) -> tuple[int, float, int]:
+    """Rounds by rank within a modality for the hits that stand out (score > 0), then the rest;
+    by score within a round; first-seen order between equals."""
+    score, order, _hit, rank = entry
+    return (rank if score > 0 else _AFTER_THE_ROUNDS, -score, order)
