@@ -122,7 +122,10 @@ class TrainConfig:
             "band_channels": 8,
             "pools": [[2, 1], [2, 2], [2, 2], [1, 1]],
         }
-        return TrainConfig(modality, batch=64, pool=6000, captions_per_combo=40, tower=tower)
+        # all negative-only texts every step: on the same 2710 steps this beat 4096 sampled ones
+        # (held-out audio->text R@1 0.927 vs 0.913 in a mixed gallery, foreign sounds 9/9 vs 7/9)
+        # for 25 ms more per step
+        return TrainConfig(modality, batch=64, pool=6000, captions_per_combo=40, tower=tower, extra_negatives=0)
 
 
 # --- data ---------------------------------------------------------------------------------------
