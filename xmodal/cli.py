@@ -58,22 +58,27 @@ def _settings(**flags: Any) -> Settings:
     return settings
 
 
-def _serve(settings: Settings, roles: Any, banner: str) -> None:
-    """Start a Node, print where it listens, run until Ctrl-C/SIGTERM or until a service fails."""
-    from xmodal.runtime import Node
-
+def _stop_on_signals() -> threading.Event:
+    """An event set by the first Ctrl-C/SIGTERM: the caller stops in order (drain, services,
+    broker). A second one is "now": exit at once (the embedded broker dies with this process,
+    nothing is committed that was not written, so the next start replays what was in hand)."""
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: Any) -> None:
-        # The first Ctrl-C/SIGTERM stops in order (drain, services, broker); a second one is
-        # "now": exit at once (the embedded broker dies with this process, nothing is committed
-        # that was not written, so the next start replays what was in hand).
         if stop.is_set():
             os._exit(128 + signum)
         stop.set()
 
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, on_signal)
+    return stop
+
+
+def _serve(settings: Settings, roles: Any, banner: str) -> None:
+    """Start a Node, print where it listens, run until Ctrl-C/SIGTERM or until a service fails."""
+    from xmodal.runtime import Node
+
+    stop = _stop_on_signals()
     node = Node(settings, roles)
     try:
         with out.status("starting: loading towers, checking collections, joining Kafka…"):
@@ -131,15 +136,7 @@ def serve(
 
     settings = _settings(http_host=http_host, http_port=http_port, data_dir=data_dir, kafka_bootstrap=kafka_bootstrap)
     bootstrap = _bootstrap_or_fail(settings)
-    stop = threading.Event()
-
-    def on_signal(signum: int, _frame: Any) -> None:
-        if stop.is_set():
-            os._exit(128 + signum)
-        stop.set()
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, on_signal)
+    stop = _stop_on_signals()
     server = GatewayServer(settings, bootstrap)
     try:
         server.start()
