@@ -91,14 +91,14 @@ class RefusesItem:
         self.inner.upsert(space, points)
 
 
-class Down(RefusesItem):
-    """An index that is down: every call fails."""
+class ReadOnly(RefusesItem):
+    """An index that answers reads but refuses every write (read-only on a full disk)."""
 
     def upsert(self, space: str, points: Sequence[IndexPoint]) -> None:
-        raise VectorIndexError("connection refused")
+        raise VectorIndexError("read-only: disk full")
 
-    def count(self, space: str) -> int:
-        raise VectorIndexError("connection refused")
+    def delete(self, space: str, item_ids: Sequence[str]) -> None:
+        raise VectorIndexError("read-only: disk full")
 
 
 def test_a_point_the_index_refuses_is_dead_lettered_and_the_rest_is_written(mini: MiniSpace, index: EdgeIndex) -> None:
@@ -112,12 +112,14 @@ def test_a_point_the_index_refuses_is_dead_lettered_and_the_rest_is_written(mini
     assert [d.code for d in result.dead] == ["index_rejected"]
 
 
-def test_an_index_that_is_down_stops_the_batch(mini: MiniSpace, index: EdgeIndex) -> None:
+def test_an_index_that_refuses_writes_stops_the_batch_even_of_one_event(mini: MiniSpace, index: EdgeIndex) -> None:
     pipeline = IngestPipeline({"mini": mini}, index, LIMITS)
     pipeline.start()
-    down = IngestPipeline({"mini": mini}, Down(index, ""), LIMITS)  # type: ignore[arg-type]
-    with pytest.raises(VectorIndexError, match="connection refused"):
-        down.process([good(0, "a", "one")])  # nothing dead-lettered: the batch is replayed after a restart
+    read_only = IngestPipeline({"mini": mini}, ReadOnly(index, ""), LIMITS)  # type: ignore[arg-type]
+    assert read_only._index.count("mini") == 0  # it answers reads
+    for batch in ([good(0, "a", "one")], [good(1, "b", "two"), good(2, "c", "three")]):
+        with pytest.raises(VectorIndexError, match="read-only"):
+            read_only.process(batch)  # nothing dead-lettered: the batch is replayed after a restart
 
 
 def png(width: int, height: int) -> str:

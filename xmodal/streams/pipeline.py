@@ -46,6 +46,8 @@ DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
 _HEADER_OVERHEAD = 16
 _RECORD_OVERHEAD = 128
 _KEPT_KEY_BYTES = 1024  # a dead letter's key is cut to this when the record must shrink
+# Deleted to probe whether the index takes writes; no event can name it (ids are at most 512 characters).
+WRITE_PROBE_ID = "xmodal:write-probe:" + "-" * 500
 
 
 @dataclass(frozen=True)
@@ -321,9 +323,11 @@ class IngestPipeline:
     def _upsert(
         self, space: str, pairs: list[tuple[_Item, IndexPoint]]
     ) -> list[tuple[_Item, VectorIndexError]]:
-        """Upsert the points; return those the index refused while it answered otherwise.
+        """Upsert the points; return those the index refused while it took writes otherwise.
 
-        An index that fails as a whole (the probe fails too, or every point fails) is raised.
+        An index that fails as a whole (the write probe fails too, or every point of several
+        fails) is raised. The probe is a write, not a read: an index that answers reads but
+        refuses writes (read-only on a full disk) is an outage, not a batch of bad points.
         """
         if not pairs:
             return []
@@ -334,7 +338,7 @@ class IngestPipeline:
             raise
         except VectorIndexError as batch_error:
             try:
-                self._index.count(space)  # does the index answer at all?
+                self._index.delete(space, [WRITE_PROBE_ID])  # a write that changes nothing
             except XmodalError:
                 raise batch_error from None
             refused: list[tuple[_Item, VectorIndexError]] = []
