@@ -85,6 +85,9 @@ class FaustRunner:
             )
             if not drained:
                 log.warning("the batch in hand did not finish within %.0f s; it will be replayed", DRAIN_TIMEOUT_S)
+        except Exception as e:  # noqa: BLE001 - a failed drain must not skip the stop (commit, LeaveGroup)
+            log.warning("the batch in hand could not be drained (%s); it will be replayed", e)
+        try:
             asyncio.run_coroutine_threadsafe(self._app.stop(), loop).result(timeout_s)
         except Exception as e:  # noqa: BLE001 - stopping must go on: log and tear down the loop
             log.warning("the Faust app did not stop cleanly: %s", e)
