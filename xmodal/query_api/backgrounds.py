@@ -1,9 +1,12 @@
 """Background samples of the index, per (space, modality), for score calibration (fusion.py).
 
 A sample is up to `size` stored vectors of one modality (VectorIndex.sample: a fixed
-pseudo-random choice of items), read from the index and kept for `ttl_s`. A sample smaller than
-`size` — a gallery still filling — is read again after `GROWING_TTL_S`, so the first searches of
-a new gallery do not keep an empty or tiny background for long.
+pseudo-random choice of items), read from the index and kept for `ttl_s`. A sample whose size
+changed since the read before — a gallery still filling — is read again after `GROWING_TTL_S`,
+so the first searches of a new gallery do not keep an empty or tiny background for long.
+
+Reads never hold up searches of other keys, and searches of the same key that find an old sample
+while another thread reads a new one use the old one.
 """
 
 from __future__ import annotations
@@ -27,11 +30,11 @@ GROWING_TTL_S = 1.0
 class _Sample:
     vectors: NDArray[np.float32]
     read_at: float
+    growing: bool  # its size differs from the read before (or it is the first read)
 
 
 class Backgrounds:
-    """Thread-safe cache of background samples. Reads of the index happen under one lock: they
-    are rare (one per key per `ttl_s`) and short (a scroll of `size` points)."""
+    """Thread-safe cache of background samples, one lock per (space, modality)."""
 
     def __init__(
         self,
@@ -46,16 +49,28 @@ class Backgrounds:
         self._ttl_s = ttl_s
         self._clock = clock
         self._samples: dict[tuple[str, str], _Sample] = {}
-        self._lock = threading.Lock()
+        self._locks: dict[tuple[str, str], threading.Lock] = {}
 
     def get(self, space: str, modality: str) -> NDArray[np.float32]:
-        now = self._clock()
-        with self._lock:
-            sample = self._samples.get((space, modality))
-            if sample is None or now - sample.read_at > self._ttl(sample):
-                sample = _Sample(self._index.sample(space, modality, self._size), now)
-                self._samples[(space, modality)] = sample
+        key = (space, modality)
+        sample = self._samples.get(key)
+        if sample is not None and self._fresh(sample):
             return sample.vectors
+        lock = self._locks.setdefault(key, threading.Lock())  # atomic: one lock per key
+        if not lock.acquire(blocking=sample is None):
+            return sample.vectors  # type: ignore[union-attr]  # another thread is reading a new one
+        try:
+            current = self._samples.get(key)
+            if current is not None and current is not sample and self._fresh(current):
+                return current.vectors  # read by another thread meanwhile
+            vectors = self._index.sample(space, modality, self._size)
+            growing = current is None or len(vectors) != len(current.vectors)
+            self._samples[key] = _Sample(vectors, self._clock(), growing)
+            return vectors
+        finally:
+            lock.release()
 
-    def _ttl(self, sample: _Sample) -> float:
-        return self._ttl_s if len(sample.vectors) >= self._size else min(self._ttl_s, GROWING_TTL_S)
+    def _fresh(self, sample: _Sample) -> bool:
+        small = len(sample.vectors) < self._size
+        ttl = min(self._ttl_s, GROWING_TTL_S) if small and sample.growing else self._ttl_s
+        return self._clock() - sample.read_at <= ttl
