@@ -19,7 +19,9 @@ from xmodal.config import load_settings
 from xmodal.encoders.mini.corpus import image_png, waveform_wav
 from xmodal.errors import ConfigError
 from xmodal.gateway.errors import status_for
+from xmodal.gateway.app import Gateway
 from xmodal.gateway.server import GatewayServer
+from xmodal.schema import SearchHit, SearchReply, Thumbnail
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -164,6 +166,27 @@ def test_thumbnails_of_returned_items_are_served_by_id(api: httpx.Client) -> Non
     assert preview.content == data_url_bytes(by_id["sounds/noise.wav"]["audio"], "audio/wav")
     assert_error(api.get("/items/notes/rain/thumbnail"), "not_found", 404)  # a text has no picture
     assert_error(api.get("/items/never/seen/thumbnail"), "not_found", 404)
+
+
+def _reply(*hits: tuple[str, Thumbnail]) -> SearchReply:
+    return SearchReply(
+        request_id="r", ok=True, hits=[SearchHit(id=i, score=0.5, modality="audio", thumbnail=t) for i, t in hits]
+    )
+
+
+def test_the_thumbnail_cache_is_bounded_by_the_bytes_it_holds(tmp_path: object) -> None:
+    settings = load_settings({"XMODAL_DATA_DIR": str(tmp_path), "XMODAL_METRICS_PORT": "0"})
+    gateway = Gateway(settings, "127.0.0.1:9")  # never started: its cache only
+    gateway.thumbnail_cache_bytes = 1000
+    preview = Thumbnail(audio="data:audio/wav;base64," + "A" * 378)  # a 400-byte data URL
+    gateway._remember(_reply(*((f"s{i}", preview) for i in range(5))))
+    assert [i for i in ("s0", "s1", "s2", "s3", "s4") if gateway.thumbnail(i)] == ["s3", "s4"]  # oldest out first
+    gateway._remember(_reply(("s4", preview)))  # seen again: counted once
+    assert gateway.thumbnail("s3") is not None  # used: now the newest
+    gateway._remember(_reply(("s5", preview)))
+    assert [i for i in ("s3", "s4", "s5") if gateway.thumbnail(i)] == ["s3", "s5"]
+    gateway._remember(_reply(("big", Thumbnail(audio="data:audio/wav;base64," + "A" * 2000))))
+    assert gateway.thumbnail("big") is None and gateway._thumbnail_bytes == 0  # over the bound alone: not kept
 
 
 def test_health_readiness_docs_and_page(api: httpx.Client, system: System) -> None:

@@ -43,7 +43,10 @@ from xmodal.streams.kafka import client_config
 __all__ = ["Gateway", "create_app"]
 
 STATIC = Path(__file__).with_name("static")
-THUMBNAIL_CACHE_ITEMS = 4096  # thumbnails kept for GET /items/{id}/thumbnail (about 20 MB at most)
+# GET /items/{id}/thumbnail serves thumbnails from the replies this gateway saw, least recently
+# used first out once their data URLs (image and audio) add up to more than this many bytes; a
+# picture is ~2 kB, a sound's preview ~35-215 kB, so the bound is on bytes, not on items.
+THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
 READY_CACHE_S = 2.0  # /readyz probes the system at most this often
 READY_PROBE_S = 3.0
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing around an upload
@@ -70,6 +73,8 @@ class Gateway:
         # A JSON search carries media as base64 (4/3 of the bytes); an upload carries form fields.
         self.body_limit = math.ceil(self.upload_limit * 4 / 3) + _MULTIPART_SLACK
         self._thumbnails: OrderedDict[str, Thumbnail] = OrderedDict()
+        self._thumbnail_bytes = 0  # the data URLs' total length in _thumbnails
+        self.thumbnail_cache_bytes = THUMBNAIL_CACHE_BYTES
         self._lock = threading.Lock()
         self._admin: AdminClient | None = None
         self._ready: tuple[float, int, dict[str, Any]] | None = None
@@ -115,10 +120,14 @@ class Gateway:
         with self._lock:
             for hit in reply.hits:
                 if hit.thumbnail is not None:
+                    old = self._thumbnails.pop(hit.id, None)
+                    if old is not None:
+                        self._thumbnail_bytes -= _url_bytes(old)
                     self._thumbnails[hit.id] = hit.thumbnail
-                    self._thumbnails.move_to_end(hit.id)
-            while len(self._thumbnails) > THUMBNAIL_CACHE_ITEMS:
-                self._thumbnails.popitem(last=False)
+                    self._thumbnail_bytes += _url_bytes(hit.thumbnail)
+            while self._thumbnail_bytes > self.thumbnail_cache_bytes and self._thumbnails:
+                _, evicted = self._thumbnails.popitem(last=False)
+                self._thumbnail_bytes -= _url_bytes(evicted)
 
     def thumbnail(self, item_id: str) -> Thumbnail | None:
         with self._lock:
@@ -169,6 +178,11 @@ class Gateway:
         if not reply.ok and reply.error is not None:
             return f"{reply.error.code}: {reply.error.message}"
         return "ok"
+
+
+def _url_bytes(thumbnail: Thumbnail) -> int:
+    """What a stored thumbnail weighs in the cache: its data URLs (the caption is small and bounded)."""
+    return len(thumbnail.image or "") + len(thumbnail.audio or "")
 
 
 def _body_limit(app: Callable[..., Awaitable[None]], gateway: Gateway) -> Callable[..., Awaitable[None]]:
