@@ -164,6 +164,7 @@ def test_thumbnails_of_returned_items_are_served_by_id(api: httpx.Client) -> Non
     preview = api.get("/items/sounds/noise.wav/thumbnail", params={"kind": "audio"})
     assert preview.status_code == 200 and preview.headers["content-type"] == "audio/wav"
     assert preview.content == data_url_bytes(by_id["sounds/noise.wav"]["audio"], "audio/wav")
+    assert picture.headers["x-content-type-options"] == preview.headers["x-content-type-options"] == "nosniff"
     assert_error(api.get("/items/notes/rain/thumbnail"), "not_found", 404)  # a text has no picture
     assert_error(api.get("/items/never/seen/thumbnail"), "not_found", 404)
 
@@ -172,6 +173,16 @@ def _reply(*hits: tuple[str, Thumbnail]) -> SearchReply:
     return SearchReply(
         request_id="r", ok=True, hits=[SearchHit(id=i, score=0.5, modality="audio", thumbnail=t) for i, t in hits]
     )
+
+
+def test_only_the_stored_media_types_are_served_as_thumbnails(api: httpx.Client, system: System) -> None:
+    # A reply naming another type (as a hostile or broken producer of replies could) is not served as it.
+    html = "data:text/html;base64," + base64.b64encode(b"<script>alert(1)</script>").decode()
+    svg = "data:image/svg+xml;base64," + base64.b64encode(b"<svg onload='alert(1)'/>").decode()
+    assert system.server.gateway is not None
+    system.server.gateway._remember(_reply(("hostile/item", Thumbnail(image=html, audio=svg))))
+    assert_error(api.get("/items/hostile/item/thumbnail"), "not_found", 404)
+    assert_error(api.get("/items/hostile/item/thumbnail", params={"kind": "audio"}), "not_found", 404)
 
 
 def test_the_thumbnail_cache_is_bounded_by_the_bytes_it_holds(tmp_path: object) -> None:

@@ -47,6 +47,7 @@ STATIC = Path(__file__).with_name("static")
 # used first out once their data URLs (image and audio) add up to more than this many bytes; a
 # picture is ~2 kB, a sound's preview ~35-215 kB, so the bound is on bytes, not on items.
 THUMBNAIL_CACHE_BYTES = 32 * 1024 * 1024
+THUMBNAIL_TYPES = frozenset({"image/jpeg", "image/png", "audio/wav"})  # what GET /items/{id}/thumbnail serves
 READY_CACHE_S = 2.0  # /readyz probes the system at most this often
 READY_PROBE_S = 3.0
 _MULTIPART_SLACK = 64 * 1024  # form fields and multipart framing around an upload
@@ -326,7 +327,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             why = "has none of that kind" if found is not None else "was not in a recent reply with thumbnails"
             return error_response("not_found", f"item {item_id!r} {why}")
         mime, data = decoded
-        return Response(data, media_type=mime, headers={"Cache-Control": "private, max-age=300"})
+        if mime not in THUMBNAIL_TYPES:  # a reply names the type; only what ingest stores is served
+            return error_response("not_found", f"item {item_id!r} has no {kind} thumbnail of a served type ({mime!r})")
+        headers = {"Cache-Control": "private, max-age=300", "X-Content-Type-Options": "nosniff"}
+        return Response(data, media_type=mime, headers=headers)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, bool]:
