@@ -20,7 +20,7 @@ from xmodal.config import Settings
 from xmodal.encoders.base import Encoder, SerializedEncoder
 from xmodal.encoders.media import MediaLimits
 from xmodal.encoders.registry import build_spaces
-from xmodal.errors import BrokerError, ConfigError
+from xmodal.errors import BrokerError, ConfigError, XmodalError
 from xmodal.indexer import open_index
 from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import serve_metrics
@@ -157,8 +157,9 @@ class Node:
 
             try:
                 self.http = GatewayServer(settings, self.bootstrap).start()
-            except ConfigError as e:
-                # The page is an aid, like metrics: a busy port must not stop indexing and search.
+            except XmodalError as e:
+                # The page is an aid, like metrics: a busy port or a broker the gateway's client
+                # cannot reach must not stop indexing and search.
                 self.http_problem = e.message
                 log.warning("%s", e.message)
         if self.roles.start_broker:

@@ -81,8 +81,13 @@ class Gateway:
         self._ready: tuple[float, int, dict[str, Any]] | None = None
 
     def start(self) -> Gateway:
-        self.client.start()
-        self._admin = AdminClient(client_config(self.settings, self.bootstrap))
+        """Start the SearchClient; on any failure it is closed again (nothing is left behind)."""
+        try:
+            self.client.start()
+            self._admin = AdminClient(client_config(self.settings, self.bootstrap))
+        except BaseException:
+            self.client.close()
+            raise
         return self
 
     def stop(self) -> None:

@@ -65,7 +65,8 @@ class GatewayServer:
                 "set XMODAL_HTTP_PORT (0: any free port) or XMODAL_HTTP_HOST"
             ) from e
         self.port = int(sock.getsockname()[1])
-        self.gateway = Gateway(self.settings, self.bootstrap).start()
+        self.gateway = Gateway(self.settings, self.bootstrap)  # assigned first: stop() closes it on any failure
+        self.gateway.start()
         config = uvicorn.Config(
             create_app(self.gateway),
             log_config=None,  # the process's logging stays as the CLI set it
