@@ -103,6 +103,7 @@ class Node:
         self._query: QueryService | None = None
         self.http: GatewayServer | None = None
         self.http_problem: str | None = None  # why the gateway of `roles.http` is not served
+        self._http_crash_seen = False  # the hosted gateway's crash is logged once
         self._recorded = False
 
     def start(self) -> Node:
@@ -193,7 +194,12 @@ class Node:
 
     @property
     def failure(self) -> BaseException | None:
-        """Why a hosted service stopped on its own (e.g. the index stayed unavailable), else None."""
+        """Why a hosted service stopped on its own (e.g. the index stayed unavailable), else None.
+        A crashed hosted gateway is only logged (once): the page is an aid, indexing and search go on."""
+        if self.http is not None and not self._http_crash_seen and (why := self.http.crashed) is not None:
+            self._http_crash_seen = True
+            self.http_problem = f"the HTTP gateway stopped: {why}"
+            log.warning("%s; indexing and search over Kafka go on, the page answers 503 until a restart", self.http_problem)
         if self._faust is not None and self._faust.crashed is not None:
             return self._faust.crashed
         crashed = getattr(self._query, "crashed", None)
