@@ -121,6 +121,16 @@ def test_sample_returns_stored_vectors_of_one_modality(filled: VectorIndex) -> N
     assert filled.sample("s", "video", 5).shape == (0, DIM)
 
 
+def test_thumbnails_are_read_only_when_asked_for(index: VectorIndex) -> None:
+    index.ensure_collection("s", DIM)
+    thumb = {"image": "data:image/png;base64,iVBORw0KGgo="}
+    index.upsert("s", [IndexPoint("a", unit(1), "image", {"k": "v"}, thumbnail=thumb)])
+    [plain] = index.search("s", unit(1), k=1)
+    assert plain.thumbnail is None and plain.metadata == {"k": "v"}  # the rest of the payload is there
+    [full] = index.search("s", unit(1), k=1, with_thumbnails=True)
+    assert full.thumbnail == thumb
+
+
 def test_modality_filter(filled: VectorIndex) -> None:
     images = filled.search("s", unit(0), k=10, modalities=["image"])
     assert ids(images) and {h.modality for h in images} == {"image"}

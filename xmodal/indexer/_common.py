@@ -25,6 +25,7 @@ from xmodal.errors import ConfigError, DimensionMismatch, EncodeError, SchemaErr
 from xmodal.indexer.base import Hit, IndexPoint
 
 MetadataValue = str | int | bool
+THUMBNAIL_FIELD = "thumbnail"  # payload field of IndexPoint.thumbnail
 
 # Space names become directory and collection names.
 _SPACE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -117,7 +118,7 @@ def hit_from_payload(payload: Mapping[str, Any] | None, score: float) -> Hit:
         score=float(score),
         modality=str(payload.get("modality", "")),
         metadata=dict(payload.get("metadata") or {}),
-        thumbnail=thumbnail if isinstance(thumbnail := payload.get("thumbnail"), dict) else None,
+        thumbnail=thumbnail if isinstance(thumbnail := payload.get(THUMBNAIL_FIELD), dict) else None,
     )
 
 

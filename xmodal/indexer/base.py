@@ -78,8 +78,11 @@ class VectorIndex(Protocol):
         *,
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
+        with_thumbnails: bool = False,
     ) -> list[Hit]:
-        """Nearest items by cosine; `modalities` keeps only those; `filter` is metadata equality."""
+        """Nearest items by cosine; `modalities` keeps only those; `filter` is metadata equality.
+
+        Stored thumbnails are read only `with_thumbnails` (they are most of a payload's bytes)."""
         ...
 
     def sample(self, space: str, modality: str, n: int) -> NDArray[np.float32]:

@@ -105,6 +105,7 @@ class EdgeIndex:
         *,
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
+        with_thumbnails: bool = False,
     ) -> list[Hit]:
         common.check_k(k)
         shard = self._shard(space)
@@ -113,9 +114,11 @@ class EdgeIndex:
         if modalities is not None and not modalities:
             return []
 
+        payload = True if with_thumbnails else qe.PayloadSelector.Exclude([common.THUMBNAIL_FIELD])
+
         def fetch(limit: int) -> list[Hit]:
             request = qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(query), filter=engine_filter, with_payload=True
+                limit=limit, query=qe.Query.Nearest(query), filter=engine_filter, with_payload=payload
             )
             scored = self._call(space, "search", shard.engine.query, request)
             return [common.hit_from_payload(p.payload, p.score) for p in scored]

@@ -152,6 +152,7 @@ class QdrantIndex:
         *,
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
+        with_thumbnails: bool = False,
     ) -> list[Hit]:
         common.check_k(k)
         name = self.collection(space)
@@ -168,7 +169,7 @@ class QdrantIndex:
                 query=query,
                 query_filter=query_filter,
                 limit=limit,
-                with_payload=True,
+                with_payload=True if with_thumbnails else models.PayloadSelectorExclude(exclude=[common.THUMBNAIL_FIELD]),
             )
             return [common.hit_from_payload(p.payload, p.score) for p in response.points]
 

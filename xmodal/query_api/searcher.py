@@ -77,7 +77,12 @@ class Searcher:
                 # out by another's higher raw cosines (fusion.py).
                 for result_modality in request.modalities or RESULT_MODALITIES:
                     hits = self._index.search(
-                        name, vectors[name], request.k, modalities=[result_modality], filter=request.filter or None
+                        name,
+                        vectors[name],
+                        request.k,
+                        modalities=[result_modality],
+                        filter=request.filter or None,
+                        with_thumbnails=request.with_thumbnails,
                     )
                     if hits:
                         background = self._backgrounds.get(name, result_modality)
