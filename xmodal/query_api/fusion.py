@@ -33,10 +33,11 @@ of unrelated unit vectors. Below about 20 items of a modality, scores lean on th
 Reply order: the best items of every modality first. Calibrated scores make modalities comparable
 but not equally reliable — in a gallery of a thousand captions, MiniLM finds dozens of captions
 nearly as close as the right one, and by score alone they would fill the first page and push the
-right image and sound out of it. So hits are placed in rounds: every modality's best hit, then
-every modality's second best, and so on, by score within a round; only hits that stand out of their
-modality (score > 0: above the 95th percentile of its other items) take part, and the rest follow
-by score. A modality with nothing that stands out adds nothing to the rounds.
+right image and sound out of it. So hits are placed in rounds: the best hit of every (space,
+modality) list, then every list's second best, and so on, by score within a round (with two spaces
+that both hold images, a round has two image places); only hits that stand out of their modality
+(score > 0: above the 95th percentile of its other items) take part, and the rest follow by score.
+A list with nothing that stands out adds nothing to the rounds.
 
 Properties callers rely on (docs/protocol.md): within one (space, modality) list the score is an
 increasing affine function of the cosine, so order within a modality is the engine's order; an
