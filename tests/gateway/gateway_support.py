@@ -35,7 +35,7 @@ SOUNDS = {
     "sounds/noise.wav": {"source": "white noise", "pitch": None, "contour": None, "repetitions": 1, "loudness": "loud"},
 }
 TEXTS = {
-    "notes/budget": ("quarterly budget meeting notes", {"team": "finance"}),
+    "notes/budget": ("quarterly budget meeting notes", {"team": "finance", "year": "2024"}),  # a string year
     "notes/rain": ("heavy rain falling on a tin roof", {"team": "weather"}),
     "notes/crayon": ("a child's crayon drawing of the sea", {"team": "art"}),
 }

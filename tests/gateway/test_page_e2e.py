@@ -135,6 +135,29 @@ def test_shared_url_typed_query_dropped_image_and_more_like_this(browser: object
     ring.find_element(By.CSS_SELECTOR, "button.more").click()  # type: ignore[attr-defined]
     results(driver, first="images/orange-ring.png", status_has="more like images/orange-ring.png")
 
+    # A metadata chip filters on its value as the reply typed it: the string "2024", not the number;
+    # the URL carries the typed filter, so the shared page finds the same.
+    driver.get(f"{system.url}?q=quarterly+budget&modalities=text")  # type: ignore[attr-defined]
+    hits = results(driver, first="notes/budget", status_has="3 results")
+    chip = next(b for b in hits[0].find_elements(By.CSS_SELECTOR, ".meta button") if b.text == "year=2024")  # type: ignore[attr-defined]
+    chip.click()
+    hits = results(driver, first="notes/budget", status_has="1 results")
+    assert driver.find_element(By.ID, "filter").get_attribute("value") == '{"year":"2024"}'  # type: ignore[attr-defined]
+    assert "filter=%7B%22year%22%3A%222024%22%7D" in driver.current_url  # type: ignore[attr-defined]
+    driver.get(driver.current_url)  # type: ignore[attr-defined]
+    assert len(results(driver, first="notes/budget", status_has="1 results")) == 1
+
+    # The network failing (the gateway gone) is said in the status, not left at "searching…".
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    driver.execute_script("window.fetch = () => Promise.reject(new TypeError('network down'))")  # type: ignore[attr-defined]
+    box = driver.find_element(By.ID, "q")  # type: ignore[attr-defined]
+    box.clear()
+    box.send_keys("a red circle", Keys.ENTER)
+    status = driver.find_element(By.ID, "status")  # type: ignore[attr-defined]
+    WebDriverWait(driver, WAIT_S).until(lambda _d: "error" in status.get_attribute("class"))
+    assert "network down" in status.text and "searching" not in status.text
+
     shot = os.environ.get("PAGE_SCREENSHOT")
     if shot:  # docs/http.md's picture: PAGE_SCREENSHOT=docs/http-page.png pytest tests/gateway/test_page_e2e.py
         driver.get(f"{system.url}?q=a+red+circle&k=8")  # type: ignore[attr-defined]

@@ -10,8 +10,21 @@ function chosenModalities() {
   return checked.length === MODALITIES.length || checked.length === 0 ? null : checked;
 }
 
-// "album=summer, year=2024, public=true" -> {album: "summer", year: 2024, public: true}
+// The active metadata filter, typed as the API takes it: chips add their values as they came in the
+// reply (the string "2024" stays a string); only what the user types in #filter is parsed.
+let activeFilter = {};
+
+// What the user typed: a JSON object, or "album=summer, year=2024, public=true" ->
+// {album: "summer", year: 2024, public: true}. Throws on a JSON text that is not an object.
 function parseFilter(text) {
+  if (text.trim().startsWith("{")) {
+    let parsed;
+    try { parsed = JSON.parse(text); } catch (e) { parsed = null; }
+    if (parsed === null || typeof parsed !== "object" || Array.isArray(parsed)) {
+      throw new Error("filter: not a JSON object (or write key=value, key=value)");
+    }
+    return parsed;
+  }
   const filter = {};
   for (const part of text.split(",")) {
     const at = part.indexOf("=");
@@ -27,7 +40,8 @@ function parseFilter(text) {
 
 function options() {
   const k = Math.max(1, Math.min(1000, parseInt($("#k").value, 10) || 10));
-  return { k, modalities: chosenModalities(), filter: parseFilter($("#filter").value) };
+  if (filterProblem) throw new Error(filterProblem);
+  return { k, modalities: chosenModalities(), filter: activeFilter };
 }
 
 function setStatus(text, isError = false) {
@@ -41,7 +55,7 @@ function updateUrl(q) {
   if (q) params.set("q", q);
   if (modalities) params.set("modalities", modalities.join(","));
   if (k !== 10) params.set("k", String(k));
-  if ($("#filter").value.trim()) params.set("filter", $("#filter").value.trim());
+  if (Object.keys(activeFilter).length) params.set("filter", JSON.stringify(activeFilter));  // types survive
   const query = params.toString();
   history.replaceState(null, "", query ? `/?${query}` : "/");
 }
@@ -66,38 +80,53 @@ async function show(response, what) {
 
 async function searchText(q) {
   $("#q").value = q;
-  updateUrl(q);
-  setStatus(`searching for “${q}”…`);
-  const { k, modalities, filter } = options();
-  const body = { query: { text: q }, k, with_thumbnails: true };
-  if (modalities) body.modalities = modalities;
-  if (Object.keys(filter).length) body.filter = filter;
-  const response = await fetch("/search", {
-    method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
-  });
-  await show(response, `“${q}”`);
+  const what = `“${q}”`;
+  try {
+    updateUrl(q);
+    setStatus(`searching for ${what}…`);
+    const { k, modalities, filter } = options();
+    const body = { query: { text: q }, k, with_thumbnails: true };
+    if (modalities) body.modalities = modalities;
+    if (Object.keys(filter).length) body.filter = filter;
+    const response = await fetch("/search", {
+      method: "POST", headers: { "content-type": "application/json" }, body: JSON.stringify(body),
+    });
+    await show(response, what);
+  } catch (e) {
+    setStatus(`${what}: ${e.message}`, true);
+  }
 }
+
+let previewUrl = null;  // the object URL of the query's preview, revoked when the next one replaces it
 
 async function searchFile(file, label) {
   const preview = $("#query-preview");
+  if (previewUrl) URL.revokeObjectURL(previewUrl);
+  previewUrl = null;
   if (file.type.startsWith("image/")) {
-    preview.src = URL.createObjectURL(file);
+    previewUrl = URL.createObjectURL(file);
+    preview.src = previewUrl;
     preview.hidden = false;
   } else {
+    preview.removeAttribute("src");
     preview.hidden = true;
   }
-  updateUrl(null);
   const what = label || file.name || "the file";
-  setStatus(`searching with ${what}…`);
-  const { k, modalities, filter } = options();
-  const form = new FormData();
-  form.append("file", file, file.name || "query");
-  form.append("k", String(k));
-  form.append("with_thumbnails", "true");
-  if (modalities) form.append("modalities", modalities.join(","));
-  if (Object.keys(filter).length) form.append("filter", JSON.stringify(filter));
-  const response = await fetch("/search/upload", { method: "POST", body: form });
-  await show(response, what);
+  try {
+    updateUrl(null);
+    setStatus(`searching with ${what}…`);
+    const { k, modalities, filter } = options();
+    const form = new FormData();
+    form.append("file", file, file.name || "query");
+    form.append("k", String(k));
+    form.append("with_thumbnails", "true");
+    if (modalities) form.append("modalities", modalities.join(","));
+    if (Object.keys(filter).length) form.append("filter", JSON.stringify(filter));
+    const response = await fetch("/search/upload", { method: "POST", body: form });
+    await show(response, what);
+  } catch (e) {
+    setStatus(`${what}: ${e.message}`, true);
+  }
 }
 
 function element(tag, attributes = {}, ...children) {
@@ -114,7 +143,13 @@ async function moreLikeThis(hit) {
   const thumb = hit.thumbnail || {};
   if (hit.modality === "text" && thumb.text) return searchText(thumb.text);
   const url = hit.modality === "audio" ? thumb.audio : thumb.image;
-  const blob = await (await fetch(url)).blob();
+  let blob;
+  try {
+    blob = await (await fetch(url)).blob();
+  } catch (e) {
+    setStatus(`more like ${hit.id}: ${e.message}`, true);
+    return;
+  }
   const name = hit.modality === "audio" ? "preview.wav" : "thumbnail.jpg";
   return searchFile(new File([blob], name, { type: blob.type }), `more like ${hit.id}`);
 }
@@ -137,8 +172,9 @@ function renderHit(hit) {
     if (value === null || typeof value === "object" || typeof value === "number" && !Number.isInteger(value)) continue;
     const chip = element("button", { type: "button", title: "filter on this", text: `${key}=${value}` });
     chip.addEventListener("click", () => {
-      const current = $("#filter").value.trim();
-      $("#filter").value = current ? `${current}, ${key}=${value}` : `${key}=${value}`;
+      activeFilter = { ...activeFilter, [key]: value };  // the value as the reply typed it
+      $("#filter").value = JSON.stringify(activeFilter);  // shown as JSON, which reads back exactly
+      $("#filter").classList.remove("error");
       if ($("#q").value.trim()) searchText($("#q").value.trim());
     });
     meta.append(chip);
@@ -153,7 +189,22 @@ function renderHit(hit) {
     media, line, element("code", { class: "id", text: hit.id }), meta, more);
 }
 
+// What the user typed into #filter becomes the active filter; a JSON text that is not an object
+// is said in the status (and searches are refused) until it is fixed.
+let filterProblem = null;
+function typedFilter() {
+  try {
+    activeFilter = parseFilter($("#filter").value);
+    filterProblem = null;
+  } catch (e) {
+    activeFilter = {};
+    filterProblem = e.message;
+  }
+  $("#filter").classList.toggle("error", filterProblem !== null);
+}
+
 function setUp() {
+  $("#filter").addEventListener("input", typedFilter);
   $("#search-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const q = $("#q").value.trim();
@@ -180,6 +231,7 @@ function setUp() {
   }
   if (params.get("k")) $("#k").value = params.get("k");
   if (params.get("filter")) $("#filter").value = params.getAll("filter").join(", ");
+  typedFilter();
   const q = (params.get("q") || "").trim();
   if (q) searchText(q);
 }
