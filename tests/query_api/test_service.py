@@ -55,6 +55,7 @@ class TrapIndex:
         *,
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
+        with_thumbnails: bool = False,
     ) -> list[Hit]:
         trap = (filter or {}).get("trap")
         if trap == "boom":
@@ -68,7 +69,7 @@ class TrapIndex:
                 with self._lock:
                     self.held -= 1
             filter = None
-        return self._inner.search(space, vector, k, modalities=modalities, filter=filter)
+        return self._inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails)
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,8 @@ class OutageIndex:
         self.inner.delete(space, item_ids)
 
     def search(self, space: str, vector: Any, k: int, *, modalities: Sequence[str] | None = None,
-               filter: Mapping[str, Any] | None = None) -> list[Hit]:
-        return self.inner.search(space, vector, k, modalities=modalities, filter=filter)
+               filter: Mapping[str, Any] | None = None, with_thumbnails: bool = False) -> list[Hit]:
+        return self.inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails)
 
     def count(self, space: str) -> int:
         return self.inner.count(space)
