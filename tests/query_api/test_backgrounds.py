@@ -55,5 +55,10 @@ def test_a_growing_gallery_is_read_again_quickly_then_kept_for_the_ttl(tmp_path:
         backgrounds.get("s", "image")
         assert index.reads == 4
         assert backgrounds.get("s", "audio").shape == (0, 8) and index.reads == 5  # keys are separate
+        clock.now += GROWING_TTL_S + 0.1
+        backgrounds.get("s", "audio")
+        clock.now += GROWING_TTL_S + 0.1  # still empty: still read again within a second
+        backgrounds.get("s", "audio")
+        assert index.reads == 7
     finally:
         index.close()

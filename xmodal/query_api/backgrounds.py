@@ -1,9 +1,11 @@
 """Background samples of the index, per (space, modality), for score calibration (fusion.py).
 
 A sample is up to `size` stored vectors of one modality (VectorIndex.sample: a fixed
-pseudo-random choice of items), read from the index and kept for `ttl_s`. A sample whose size
-changed since the read before — a gallery still filling — is read again after `GROWING_TTL_S`,
-so the first searches of a new gallery do not keep an empty or tiny background for long.
+pseudo-random choice of items), read from the index and kept for `ttl_s`. A sample that is empty,
+or whose size changed since the read before — a gallery still filling — is read again after
+`GROWING_TTL_S`, so the first searches of a new gallery do not keep an empty or tiny background
+for long (and the searcher, which skips modalities with an empty sample, sees new ones within a
+second).
 
 Reads never hold up searches of other keys, and searches of the same key that find an old sample
 while another thread reads a new one use the old one.
@@ -72,5 +74,8 @@ class Backgrounds:
 
     def _fresh(self, sample: _Sample) -> bool:
         small = len(sample.vectors) < self._size
-        ttl = min(self._ttl_s, GROWING_TTL_S) if small and sample.growing else self._ttl_s
+        # An empty sample is read again soon too: the searcher skips a modality it shows as empty,
+        # so the first items of a new modality must be seen within a second.
+        quick = small and (sample.growing or len(sample.vectors) == 0)
+        ttl = min(self._ttl_s, GROWING_TTL_S) if quick else self._ttl_s
         return self._clock() - sample.read_at <= ttl

@@ -76,6 +76,9 @@ class Searcher:
                 # One search per result modality: a modality's best items must not be crowded
                 # out by another's higher raw cosines (fusion.py).
                 for result_modality in request.modalities or RESULT_MODALITIES:
+                    background = self._backgrounds.get(name, result_modality)
+                    if len(background) == 0:
+                        continue  # the space holds no item of this modality (cached, re-read each second)
                     hits = self._index.search(
                         name,
                         vectors[name],
@@ -85,7 +88,6 @@ class Searcher:
                         with_thumbnails=request.with_thumbnails,
                     )
                     if hits:
-                        background = self._backgrounds.get(name, result_modality)
                         lists.append(RankedList(name, result_modality, calibration(vectors[name], background), hits))
         return fuse(lists, request.k)
 
