@@ -89,9 +89,45 @@ class Settings(BaseSettings):
         description="largest dead-letter record (key + value + headers); a larger one is stored truncated",
     )
 
+    # Index (both backends): HNSW graph, quantization, payload indexes. docs/operations.md
+    hnsw_m: int = Field(16, ge=2, le=128, description="HNSW edges per node (more: better recall, more memory)")
+    hnsw_ef_construct: int = Field(100, ge=4, le=4096, description="HNSW build-time candidate list")
+    search_ef: int = Field(128, ge=1, le=4096, description="HNSW search-time candidate list (hnsw_ef)")
+    quantization: Literal["none", "int8", "binary"] = Field("none", description="vector quantization")
+    quantization_rescore: bool = Field(True, description="rescore quantized candidates with full vectors")
+    quantization_oversampling: float = Field(
+        2.0, ge=1.0, le=16.0, description="candidates fetched per result before rescoring (quantized search)"
+    )
+    payload_indexes: Annotated[tuple[str, ...], NoDecode] = Field(
+        (), description="comma-separated metadata keys to index as keywords for filtered search"
+    )
+    optimize_after_points: int = Field(
+        20_000, ge=0, description="xmodal up builds HNSW in the background once a space has this many unindexed points; 0: never"
+    )
+
     # Query service
     query_concurrency: int = Field(8, ge=1, le=256, description="search requests served at once")
     search_timeout_s: float = Field(10.0, gt=0, description="SearchClient default timeout")
+
+    # Reranking (docs/quality.md)
+    rerank: bool = Field(False, description="rerank by default (a request's `rerank` field overrides)")
+    rerank_k: int = Field(50, ge=1, le=1000, description="first-stage candidates per list the cross-encoder scores")
+    blip_model: str = Field("", description="BLIP image-text matching model (local dir or hub id) for the clip space")
+    clap_reranker: str = Field("", description="audio-text cross-encoder (local dir) for the clap space; empty: none")
+
+    # Live quality monitoring (docs/quality.md)
+    recall_sample_rate: float = Field(
+        1.0, ge=0, le=100, description="live queries per second also answered exactly to measure index recall; 0: off"
+    )
+    canary_queries: Path | None = Field(None, description="golden queries (xmodal eval format) run on a timer")
+    canary_qrels: Path | None = Field(None, description="relevance judgements of the canary queries")
+    canary_interval_s: float = Field(60.0, gt=0, description="seconds between canary runs")
+    freshness_interval_s: float = Field(
+        30.0, ge=0, description="seconds between freshness probes (produce an item, time until found); 0: off"
+    )
+    quality_alert_recall: float = Field(
+        0.9, ge=0, le=1, description="index recall@k below this is logged as a warning"
+    )
 
     # HTTP gateway and web page (xmodal serve; hosted by xmodal up)
     http_host: str = Field("127.0.0.1", min_length=1, description="address the HTTP gateway listens on")
@@ -117,6 +153,11 @@ class Settings(BaseSettings):
     @field_validator("spaces", mode="before")
     @classmethod
     def _split_spaces(cls, value: Any) -> Any:
+        return _split(value, ",")
+
+    @field_validator("payload_indexes", mode="before")
+    @classmethod
+    def _split_payload_indexes(cls, value: Any) -> Any:
         return _split(value, ",")
 
     @field_validator("media_roots", mode="before")

@@ -125,6 +125,8 @@ class SearchRequest(_Message):
     deadline_ms: int | None = None  # ms since epoch; a request seen after it gets deadline_exceeded
     # Hits carry the item's stored thumbnail (docs/http.md); off by default: replies stay small.
     with_thumbnails: StrictBool = False
+    rerank: StrictBool | None = None  # default: the service's XMODAL_RERANK
+    rerank_k: Annotated[int, Field(ge=1, le=1000)] | None = None  # default: XMODAL_RERANK_K
 
     @field_validator("reply_to")
     @classmethod
@@ -154,6 +156,7 @@ class SearchHit(_Reply):
     metadata: Metadata = Field(default_factory=dict)
     cosine: float | None = None  # raw similarity in `space` (absent from older services)
     space: str | None = None  # the space whose list gave `score`
+    first_stage_score: float | None = None  # `score` before reranking (only on reranked hits)
     thumbnail: Thumbnail | None = None  # only when the request asked `with_thumbnails` (and one is stored)
 
 

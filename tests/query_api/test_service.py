@@ -56,6 +56,7 @@ class TrapIndex:
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
         with_thumbnails: bool = False,
+        exact: bool = False,
     ) -> list[Hit]:
         trap = (filter or {}).get("trap")
         if trap == "boom":
@@ -69,7 +70,7 @@ class TrapIndex:
                 with self._lock:
                     self.held -= 1
             filter = None
-        return self._inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails)
+        return self._inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact)
 
 
 @pytest.fixture(scope="module")

@@ -44,8 +44,10 @@ class OutageIndex:
         self.inner.delete(space, item_ids)
 
     def search(self, space: str, vector: Any, k: int, *, modalities: Sequence[str] | None = None,
-               filter: Mapping[str, Any] | None = None, with_thumbnails: bool = False) -> list[Hit]:
-        return self.inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails)
+               filter: Mapping[str, Any] | None = None, with_thumbnails: bool = False, exact: bool = False) -> list[Hit]:
+        return self.inner.search(
+            space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact
+        )
 
     def count(self, space: str) -> int:
         return self.inner.count(space)

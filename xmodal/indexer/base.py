@@ -79,10 +79,13 @@ class VectorIndex(Protocol):
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
         with_thumbnails: bool = False,
+        exact: bool = False,
     ) -> list[Hit]:
         """Nearest items by cosine; `modalities` keeps only those; `filter` is metadata equality.
 
-        Stored thumbnails are read only `with_thumbnails` (they are most of a payload's bytes)."""
+        Stored thumbnails are read only `with_thumbnails` (they are most of a payload's bytes).
+        `exact` scans every point with full vectors (no HNSW, no quantization): the ground truth
+        that live recall monitoring compares the approximate answer with."""
         ...
 
     def sample(self, space: str, modality: str, n: int) -> NDArray[np.float32]:

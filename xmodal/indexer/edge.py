@@ -46,6 +46,7 @@ __all__ = ["EdgeIndex"]
 MANIFEST = "xmodal-space.json"
 ENGINE_CONFIG = "edge_config.json"  # written by qdrant-edge when a shard is created
 UPSERT_CHUNK = 1024  # points per engine update: bounds the size of one log record
+_EXACT = qe.SearchParams(exact=True, quantization=qe.QuantizationSearchParams(ignore=True))
 
 T = TypeVar("T")
 
@@ -106,6 +107,7 @@ class EdgeIndex:
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
         with_thumbnails: bool = False,
+        exact: bool = False,
     ) -> list[Hit]:
         common.check_k(k)
         shard = self._shard(space)
@@ -118,7 +120,11 @@ class EdgeIndex:
 
         def fetch(limit: int) -> list[Hit]:
             request = qe.QueryRequest(
-                limit=limit, query=qe.Query.Nearest(query), filter=engine_filter, with_payload=payload
+                limit=limit,
+                query=qe.Query.Nearest(query),
+                filter=engine_filter,
+                with_payload=payload,
+                params=_EXACT if exact else None,
             )
             scored = self._call(space, "search", shard.engine.query, request)
             return [common.hit_from_payload(p.payload, p.score) for p in scored]

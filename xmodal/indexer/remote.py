@@ -36,6 +36,8 @@ from xmodal.indexer.base import Hit, IndexPoint, point_id
 
 __all__ = ["QdrantIndex", "RetryPolicy"]
 
+_EXACT = models.SearchParams(exact=True, quantization=models.QuantizationSearchParams(ignore=True))
+
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
@@ -153,6 +155,7 @@ class QdrantIndex:
         modalities: Sequence[str] | None = None,
         filter: Mapping[str, Any] | None = None,
         with_thumbnails: bool = False,
+        exact: bool = False,
     ) -> list[Hit]:
         common.check_k(k)
         name = self.collection(space)
@@ -170,6 +173,7 @@ class QdrantIndex:
                 query_filter=query_filter,
                 limit=limit,
                 with_payload=True if with_thumbnails else models.PayloadSelectorExclude(exclude=[common.THUMBNAIL_FIELD]),
+                search_params=_EXACT if exact else None,
             )
             return [common.hit_from_payload(p.payload, p.score) for p in response.points]
 
