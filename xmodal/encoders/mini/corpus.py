@@ -61,7 +61,20 @@ __all__ = [
     "Item",
     "Split",
     "caption_variants",
+    "BindingGallery",
+    "SceneConstraint",
+    "binding_gallery",
+    "binding_key",
     "caption_vocabulary",
+    "describe_scene",
+    "heldout_swap_classes",
+    "render_scene",
+    "sample_scene",
+    "scene_caption_variants",
+    "scene_is_heldout",
+    "scene_items",
+    "swap_class",
+    "swapped",
     "describe",
     "heldout_gallery",
     "heldout_pairs",
@@ -909,6 +922,267 @@ def caption_vocabulary() -> frozenset[str]:
     stop = {"a", "an", "the", "of", "on", "in", "at", "that", "to", "one", "times", "up", "down", "going", "pair"}
     words = {w for p in phrases for w in re.split(r"[^a-z0-9]+", p.lower()) if w}
     return frozenset((words - stop) | {"one", "times", "pair"})
+
+
+# --- binding scenes -----------------------------------------------------------------------------
+# Two different objects in one picture: different shapes *and* different colours ("a red circle and
+# a blue square"). What a caption binds is which colour goes with which shape, so every scene has a
+# swapped-binding twin ("a blue circle and a red square") with the same shapes and colours. A
+# bi-encoder that pools words cannot tell the two apart; the cross-encoder (cross.py) is judged on it.
+#
+# Held-out design: a *swap class* is an unordered pair of shapes with an unordered pair of colours
+# (28 x 28 = 784 classes, two scenes each: the binding and its twin). 98 classes (one in eight,
+# a fixed permutation) are held out with both their scenes, so no held-out scene nor its twin is
+# ever a training scene, while every shape, colour and (shape, colour) object still occurs in
+# training in other scenes.
+#
+# Single-object captions never describe a scene: they describe every shape of a picture as one
+# shape in one colour (their Constraint names the count and a shape or a colour), and a scene has two
+# of each; likewise a scene caption never describes a single-object picture (SceneConstraint).
+
+_SCENE_CODE = 14
+SCENE_SIZES = ("small", "medium", "large")
+_SCENE_CONNECTORS = (
+    "{a} and {b}",
+    "{a} next to {b}",
+    "{a} with {b}",
+    "{a} beside {b}",
+    "{a} and {b} together",
+    "{a}, {b}",
+    "{a} alongside {b}",
+    "{a} and also {b}",
+)
+_SCENE_FRAMES = (
+    "{x}",
+    "{x}",
+    "{x}",
+    "a picture of {x}",
+    "an image of {x}",
+    "a drawing of {x}",
+    "there is {x}",
+    "two shapes: {x}",
+    "two objects, {x}",
+)
+
+
+def _swap_classes() -> list[tuple[tuple[str, str], tuple[str, str]]]:
+    shapes = [(a, b) for i, a in enumerate(SHAPES) for b in SHAPES[i + 1 :]]
+    colours = [(a, b) for i, a in enumerate(COLOURS) for b in COLOURS[i + 1 :]]
+    return [(s, c) for s in shapes for c in colours]
+
+
+def _heldout_swap_classes() -> frozenset[tuple[tuple[str, str], tuple[str, str]]]:
+    classes = _swap_classes()
+    perm = np.random.default_rng(20261201).permutation(len(classes))  # fixed: part of the corpus
+    return frozenset(classes[int(i)] for i in perm[: len(classes) // 8])
+
+
+_HELDOUT_SCENES = _heldout_swap_classes()
+
+
+def swap_class(attributes: Mapping[str, Any]) -> tuple[tuple[str, str], tuple[str, str]]:
+    """The (shapes, colours) class of a scene, both sorted: the same for a scene and its twin."""
+    (s1, c1, _), (s2, c2, _) = attributes["objects"]
+    return (tuple(sorted((s1, s2))), tuple(sorted((c1, c2))))  # type: ignore[return-value]
+
+
+def scene_is_heldout(attributes: Mapping[str, Any]) -> bool:
+    """Whether a scene's swap class is held out (never drawn in `train` or `seen`)."""
+    return swap_class(attributes) in _HELDOUT_SCENES
+
+
+def heldout_swap_classes() -> frozenset[tuple[tuple[str, str], tuple[str, str]]]:
+    """The held-out swap classes: ((shape, shape), (colour, colour)), each pair sorted."""
+    return _HELDOUT_SCENES
+
+
+def binding_key(attributes: Mapping[str, Any]) -> frozenset[tuple[str, str]]:
+    """What a binding caption states of a scene: its set of (shape, colour) objects."""
+    return frozenset((shape, colour) for shape, colour, _ in attributes["objects"])
+
+
+def swapped(attributes: Mapping[str, Any]) -> dict[str, Any]:
+    """The scene's twin: the same shapes, sizes and background with the two colours exchanged."""
+    (s1, c1, z1), (s2, c2, z2) = attributes["objects"]
+    return {"objects": ((s1, c2, z1), (s2, c1, z2)), "background": attributes["background"]}
+
+
+def sample_scene(split: Split, rng: np.random.Generator) -> dict[str, Any]:
+    """Draw the attributes of one scene of `split`: {"objects": ((shape, colour, size), x2), "background"}."""
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    classes = sorted(_HELDOUT_SCENES) if split == "heldout" else sorted(set(_swap_classes()) - _HELDOUT_SCENES)
+    (s1, s2), (c1, c2) = classes[int(rng.integers(len(classes)))]
+    if rng.random() < 0.5:
+        c1, c2 = c2, c1
+    objects = [(s1, c1, str(rng.choice(SCENE_SIZES))), (s2, c2, str(rng.choice(SCENE_SIZES)))]
+    if rng.random() < 0.5:  # which object is drawn (and by default named) first
+        objects.reverse()
+    return {"objects": tuple(objects), "background": str(rng.choice(BACKGROUNDS))}
+
+
+def render_scene(attributes: Mapping[str, Any], rng: np.random.Generator) -> Image.Image:
+    """Draw a two-object scene (64x64 RGB, antialiased like `render_image`, non-overlapping objects)."""
+    objects = attributes["objects"]
+    radii = []
+    for _, _, size in objects:
+        lo, hi = _LARGE_RADIUS_PAIR if size == "large" else _RADIUS[size]
+        radii.append(float(rng.uniform(lo, hi)))
+    centres = _place(radii, rng)
+    big = IMAGE_SIZE * _SUPERSAMPLE
+    bg = np.array(_background_rgb(attributes["background"], rng), dtype=np.float32)
+    pixels = np.broadcast_to(bg, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
+    for (shape, colour, _), (cx, cy), r in zip(objects, centres, radii, strict=True):
+        mask = Image.new("L", (big, big), 0)
+        max_angle = {"circle": 0.0, "ring": 0.0, "square": 0.17, "diamond": 0.12, "cross": 0.17}.get(shape, 0.25)
+        _draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, rng.uniform(-max_angle, max_angle))
+        alpha = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None]
+        alpha /= 255
+        fg = np.array(_colour_rgb(colour, rng), dtype=np.float32)
+        pixels = pixels * (1 - alpha) + fg * alpha
+    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+
+
+@dataclass(frozen=True)
+class SceneConstraint:
+    """What a binding caption states: its objects ((shape, colour, size or None) each) and maybe the background."""
+
+    objects: tuple[tuple[str, str, str | None], ...]
+    background: str | None = None
+
+    def matches(self, attributes: Mapping[str, Any]) -> bool:
+        """True of a scene with exactly these objects (sizes where stated); never of a single-object picture."""
+        scene = attributes.get("objects")
+        if scene is None or len(scene) != len(self.objects):
+            return False
+        if self.background is not None and attributes.get("background") != self.background:
+            return False
+
+        def fits(want: tuple[str, str, str | None], have: tuple[str, str, str]) -> bool:
+            return want[0] == have[0] and want[1] == have[1] and want[2] in (None, have[2])
+
+        a, b = self.objects
+        x, y = scene
+        return (fits(a, x) and fits(b, y)) or (fits(a, y) and fits(b, x))
+
+
+def _object_phrase(shape: str, colour: str, size: str | None, rng: np.random.Generator) -> str:
+    noun = _pick(rng, _SHAPE_WORDS[shape])[0]
+    colour_word = _pick(rng, _COLOUR_WORDS[colour])
+    size_word = _pick(rng, _SIZE_WORDS[size]) if size else ""
+    style = rng.integers(6)
+    if style == 0:
+        return f"a {size_word} {noun} in {colour_word}"
+    if style == 1 and size_word and rng.random() < 0.5:
+        return f"a {colour_word} {size_word} {noun}"
+    return f"a {size_word} {colour_word} {noun}"
+
+
+def describe_scene(
+    attributes: Mapping[str, Any], rng: np.random.Generator, mention: set[str] | None = None
+) -> Caption:
+    """A binding caption of a scene in a random wording; `mention` may add "size" and "background"
+    (default: both). Shapes and colours are always stated, each colour next to its own shape."""
+    names = {"size", "background"} if mention is None else set(mention)
+    objects = list(attributes["objects"])
+    if rng.random() < 0.5:
+        objects.reverse()
+    stated = tuple((s, c, z if "size" in names else None) for s, c, z in objects)
+    phrases = [_object_phrase(s, c, z, rng) for s, c, z in stated]
+    text = _pick(rng, _SCENE_FRAMES).format(x=_pick(rng, _SCENE_CONNECTORS).format(a=phrases[0], b=phrases[1]))
+    background = None
+    if "background" in names:
+        background = attributes["background"]
+        bg = _pick(rng, _BACKGROUND_WORDS[background])
+        text += " " + _pick(rng, [f"on a {bg} background", f"on {bg}", f"against a {bg} backdrop"])
+    if rng.random() < 0.2:
+        text = text[0].upper() + text[1:]
+    return Caption(_a_an(re.sub(r"\s+", " ", text)), SceneConstraint(stated, background))  # type: ignore[arg-type]
+
+
+def scene_caption_variants(attributes: Mapping[str, Any], rng: np.random.Generator, n: int) -> list[Caption]:
+    """`n` training captions of a scene: sizes stated a quarter of the time, the background a third."""
+    out = []
+    for _ in range(n):
+        mention = {name for name, p in (("size", 0.25), ("background", 0.33)) if rng.random() < p}
+        out.append(describe_scene(attributes, rng, mention))
+    return out
+
+
+def _scene_draws(split: Split, seed: int, index: int) -> tuple[dict[str, Any], int, int]:
+    """Scene `index` of (split, seed): its attributes, render seed and caption seed."""
+    if split not in _SPLIT_CODE:
+        raise ValueError(f"unknown split {split!r}; valid splits: {', '.join(SPLITS)}")
+    rng = np.random.default_rng((_SCENE_CODE, _SPLIT_CODE[split], seed, index))
+    attributes = sample_scene(split, rng)
+    return attributes, int(rng.integers(2**63)), int(rng.integers(2**63))
+
+
+def scene_items(n: int, split: Split = "train", seed: int = 0, start: int = 0) -> list[Item]:
+    """Scenes `start .. start+n-1` of `split`: Item(id, "image", PIL 64x64, binding caption (shapes and
+    colours only), attributes {"objects", "background"}); deterministic by (split, seed, index)."""
+    out = []
+    for index in range(start, start + n):
+        attributes, render_seed, caption_seed = _scene_draws(split, seed, index)
+        out.append(
+            Item(
+                id=f"scene/{split}/{seed}/{index}",
+                modality="image",
+                media=render_scene(attributes, np.random.default_rng(render_seed)),
+                caption=describe_scene(attributes, np.random.default_rng(caption_seed), set()).text,
+                attributes=attributes,
+            )
+        )
+    return out
+
+
+@dataclass
+class BindingGallery:
+    """The binding evaluation's images: held-out scenes, their twins (same layout, colours swapped),
+    one single-object picture per scene (one of its objects, alone), and ordinary corpus images."""
+
+    scenes: list[Item]
+    twins: list[Item]
+    singles: list[Item]
+    ordinary: list[Item]
+
+    def items(self) -> list[Item]:
+        return self.scenes + self.twins + self.singles + self.ordinary
+
+
+def binding_gallery(n: int = 100, seed: int = 0, ordinary: int | None = None) -> BindingGallery:
+    """`n` held-out scenes, their `n` twins, `n` single objects and `ordinary` (default `n`) corpus
+    images (half held-out, half seen combinations, `heldout_gallery`)."""
+    scenes = scene_items(n, "heldout", seed)
+    twins, singles = [], []
+    for k, scene in enumerate(scenes):
+        _, render_seed, caption_seed = _scene_draws("heldout", seed, k)
+        twin = swapped(scene.attributes)
+        twins.append(
+            Item(
+                id=scene.id.replace("scene/", "twin/"),
+                modality="image",
+                # the scene's own random stream: same positions, sizes, angles and background
+                media=render_scene(twin, np.random.default_rng(render_seed)),
+                caption=describe_scene(twin, np.random.default_rng(caption_seed), set()).text,
+                attributes=twin,
+            )
+        )
+        shape, colour, size = scene.attributes["objects"][k % 2]
+        background = scene.attributes["background"]
+        single = {"shape": shape, "colour": colour, "size": size, "count": 1, "background": background}
+        singles.append(
+            Item(
+                id=scene.id.replace("scene/", "single/"),
+                modality="image",
+                media=render_image(single, np.random.default_rng(render_seed)),
+                caption=describe("image", single, np.random.default_rng(caption_seed)).text,
+                attributes=single,
+            )
+        )
+    m = n if ordinary is None else ordinary
+    held, seen = heldout_gallery("image", (m + 1) // 2, seed)
+    return BindingGallery(scenes, twins, singles, (held + seen)[:m])
 
 
 # --- encodings ----------------------------------------------------------------------------------
