@@ -113,7 +113,6 @@ class Settings(BaseSettings):
     rerank: bool = Field(False, description="rerank by default (a request's `rerank` field overrides)")
     rerank_k: int = Field(50, ge=1, le=1000, description="first-stage candidates per list the cross-encoder scores")
     blip_model: str = Field("", description="BLIP image-text matching model (local dir or hub id) for the clip space")
-    clap_reranker: str = Field("", description="audio-text cross-encoder (local dir) for the clap space; empty: none")
 
     # Live quality monitoring (docs/quality.md)
     recall_sample_rate: float = Field(

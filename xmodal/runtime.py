@@ -148,10 +148,14 @@ class Node:
             self._faust = FaustRunner(create_app(settings, self.bootstrap, pipeline, executor), executor)
             self._faust.start()
         if self.roles.query:
+            from xmodal.query_api.rerank import RerankStage
             from xmodal.query_api.searcher import Searcher
             from xmodal.query_api.service import QueryService
 
-            self._query = QueryService(settings, self.bootstrap, Searcher(self.spaces, self.index, limits))
+            rerank = RerankStage.from_settings(settings, self.spaces, limits)
+            rerank.start()  # with XMODAL_RERANK=true: loads the rerankers, a missing checkpoint stops here
+            searcher = Searcher(self.spaces, self.index, limits, rerank=rerank)
+            self._query = QueryService(settings, self.bootstrap, searcher)
             self._query.start()
         if self.roles.http and settings.http_port:
             from xmodal.gateway.server import GatewayServer

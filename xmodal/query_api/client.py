@@ -227,12 +227,16 @@ class SearchClient:
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
         with_thumbnails: bool = False,
+        rerank: bool | None = None,
+        rerank_k: int | None = None,
     ) -> list[SearchHit]:
         """The `k` nearest items to one query: `text`, `image` bytes, `audio` bytes, or a `uri`
         with the `modality` it points at. Raises SchemaError for a request the protocol refuses
         (before sending), SearchError with the reply's code when the service refuses it, and
         SearchTimeout when no reply comes within `timeout` seconds (default settings.search_timeout_s).
-        `with_thumbnails`: hits carry the thumbnails stored at ingest (docs/http.md)."""
+        `with_thumbnails`: hits carry the thumbnails stored at ingest (docs/http.md). `rerank`,
+        `rerank_k`: rescore the first stage's best candidates with a cross-encoder (None: the
+        service's default; docs/quality.md)."""
         future = self.search_async(
             text,
             image=image,
@@ -245,6 +249,8 @@ class SearchClient:
             spaces=spaces,
             timeout=timeout,
             with_thumbnails=with_thumbnails,
+            rerank=rerank,
+            rerank_k=rerank_k,
         )
         return hits_or_raise(self._result(future, timeout))
 
@@ -262,6 +268,8 @@ class SearchClient:
         spaces: Sequence[str] | None = None,
         timeout: float | None = None,
         with_thumbnails: bool = False,
+        rerank: bool | None = None,
+        rerank_k: int | None = None,
     ) -> Future[SearchReply]:
         """Send one search and return at once. The future holds the reply as it came (check
         `.ok`, or pass it to `hits_or_raise`), or fails with SearchTimeout / SearchError."""
@@ -292,6 +300,10 @@ class SearchClient:
             payload["spaces"] = list(spaces)
         if with_thumbnails:
             payload["with_thumbnails"] = True
+        if rerank is not None:
+            payload["rerank"] = rerank
+        if rerank_k is not None:
+            payload["rerank_k"] = rerank_k
         # Validated here with the service's own parser: a bad argument fails now, with the same code.
         return self.send(parse_search_request(orjson.dumps(payload)), timeout=timeout)
 

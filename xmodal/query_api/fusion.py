@@ -39,8 +39,14 @@ that both hold images, a round has two image places); only hits that stand out o
 (score > 0: above the 95th percentile of its other items) take part, and the rest follow by score.
 A list with nothing that stands out adds nothing to the rounds.
 
-Properties callers rely on (docs/protocol.md): within one (space, modality) list the score is an
-increasing affine function of the cosine, so order within a modality is the engine's order; an
+Reranked lists (rerank.py): a list the cross-encoder rescored carries one adjustment per hit, and
+its hits are in the reranked order; a hit's score is its calibrated score plus its adjustment, and
+`first_stage_score` keeps the calibrated score alone. The rounds then use the reranked ranks and
+scores: a hit stands out when its final score is above 0.
+
+Properties callers rely on (docs/protocol.md): within one (space, modality) list that was not
+reranked the score is an increasing affine function of the cosine, so order within a modality is
+the engine's order (in a reranked list, order is by final score); an
 item found in several spaces takes its best score (and the rank it has in that space's list); ties
 keep the order of the lists (spaces in request order, modalities text, image, audio) and, within a
 list, the engine's order (score, id).
@@ -97,6 +103,12 @@ class RankedList:
     modality: str
     calibration: Calibration
     hits: Sequence[Hit]
+    # Reranked lists only: what the cross-encoder adds to each hit's calibrated score (aligned with hits).
+    adjustments: Sequence[float] | None = None
+
+    def __post_init__(self) -> None:
+        if self.adjustments is not None and len(self.adjustments) != len(self.hits):
+            raise ValueError(f"{len(self.adjustments)} adjustments for {len(self.hits)} hits")
 
 
 def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
@@ -107,7 +119,9 @@ def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
     best: dict[str, tuple[float, int, SearchHit, int]] = {}
     for ranked in lists:
         for rank, hit in enumerate(ranked.hits):
-            score = ranked.calibration(hit.score)
+            first_stage = ranked.calibration(hit.score)
+            reranked = ranked.adjustments is not None
+            score = first_stage + float(ranked.adjustments[rank]) if ranked.adjustments is not None else first_stage
             seen = best.get(hit.item_id)
             if seen is not None and seen[0] >= score:
                 continue
@@ -123,6 +137,7 @@ def fuse(lists: Sequence[RankedList], k: int) -> list[SearchHit]:
                     modality=hit.modality,
                     metadata=hit.metadata,
                     thumbnail=hit.thumbnail,
+                    first_stage_score=first_stage if reranked else None,
                 ),
                 rank,
             )

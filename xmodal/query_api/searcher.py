@@ -2,11 +2,13 @@
 
     choose spaces -> decode the query (query_decode) -> encode it per space (query_encode)
                   -> search each (space, result modality) (search)
+                  -> rerank the lists a cross-encoder can rescore, when asked (rerank.py)
                   -> calibrate against that modality's background and fuse (fusion.py)
 
 Every refusal is an XmodalError with a stable code, which the query service puts in the error
 reply: `unknown_space` (SchemaError), `unsupported_modality` (EncodeError), the media codes of
-`xmodal.encoders.media` (MediaError), `encode_error` when a tower fails on the query.
+`xmodal.encoders.media` (MediaError), `encode_error` when a tower fails on the query,
+`rerank_unavailable` (EncodeError) when a request asks to rerank and nothing it searches can be.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import timed
 from xmodal.query_api.backgrounds import Backgrounds
 from xmodal.query_api.fusion import RankedList, calibration, fuse
+from xmodal.query_api.rerank import RerankStage
 from xmodal.schema import Query, SearchHit, SearchRequest
 
 __all__ = ["Searcher"]
@@ -39,7 +42,15 @@ class Searcher:
     with the ingest agents, are used as they are. Searches of the index run concurrently.
     """
 
-    def __init__(self, spaces: Mapping[str, Encoder], index: VectorIndex, limits: MediaLimits) -> None:
+    def __init__(
+        self,
+        spaces: Mapping[str, Encoder],
+        index: VectorIndex,
+        limits: MediaLimits,
+        *,
+        rerank: RerankStage | None = None,
+    ) -> None:
+        """`rerank`: the rerank stage (RerankStage.from_settings); None: first stage only."""
         if not spaces:
             raise ValueError("a Searcher needs at least one space")
         self._spaces: dict[str, SerializedEncoder] = {
@@ -48,6 +59,7 @@ class Searcher:
         self._index = index
         self._limits = limits.for_encoders(self._spaces.values())  # the same audio bound as ingest
         self._backgrounds = Backgrounds(index)
+        self._rerank = rerank
 
     @property
     def spaces(self) -> tuple[str, ...]:
@@ -55,11 +67,14 @@ class Searcher:
 
     def start(self, *, load_encoders: bool = True) -> None:
         """Start-up hook: load the towers (skip it when the ingest pipeline of the same process
-        shares and has loaded them) and create or check every space's collection."""
+        shares and has loaded them) and create or check every space's collection; load the
+        rerankers when reranking is on by default (rerank.py)."""
         for name, encoder in self._spaces.items():
             if load_encoders:
                 encoder.load()
             self._index.ensure_collection(name, encoder.dim)
+        if self._rerank is not None:
+            self._rerank.start()
 
     def search(self, request: SearchRequest) -> list[SearchHit]:
         modality = request.query.kind
@@ -70,25 +85,37 @@ class Searcher:
         with timed("query_encode"):
             for name in spaces:
                 vectors[name] = self._encode(name, modality, content)
+        result_modalities = request.modalities or RESULT_MODALITIES
+        to_rerank = self._rerank.plan(request, spaces, modality, result_modalities) if self._rerank else frozenset()
         lists: list[RankedList] = []
         with timed("search"):
             for name in spaces:
                 # One search per result modality: a modality's best items must not be crowded
                 # out by another's higher raw cosines (fusion.py).
-                for result_modality in request.modalities or RESULT_MODALITIES:
+                for result_modality in result_modalities:
                     background = self._backgrounds.get(name, result_modality)
                     if len(background) == 0:
                         continue  # the space holds no item of this modality (cached, re-read each second)
+                    reranking = (name, result_modality) in to_rerank
                     hits = self._index.search(
                         name,
                         vectors[name],
-                        request.k,
+                        self._rerank.depth(request) if self._rerank and reranking else request.k,
                         modalities=[result_modality],
                         filter=request.filter or None,
-                        with_thumbnails=request.with_thumbnails,
+                        # the reranker reads the candidates' stored views
+                        with_thumbnails=request.with_thumbnails or reranking,
                     )
                     if hits:
                         lists.append(RankedList(name, result_modality, calibration(vectors[name], background), hits))
+        if self._rerank is not None and to_rerank:
+            with timed("rerank"):
+                lists = [
+                    self._rerank.rerank(modality, content, ranked, k=request.k, keep_thumbnails=request.with_thumbnails)
+                    if (ranked.space, ranked.modality) in to_rerank
+                    else ranked
+                    for ranked in lists
+                ]
         return fuse(lists, request.k)
 
     def _choose_spaces(self, requested: list[str] | None, modality: Modality) -> list[str]:
