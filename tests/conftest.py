@@ -28,7 +28,8 @@ def topic_prefix() -> str:
 
 @pytest.fixture
 def make_settings(tmp_path: Path, topic_prefix: str) -> Any:
-    """Settings for one test: its own topics, data dir, no metrics port; overrides as XMODAL_* names."""
+    """Settings for one test: its own topics, data dir, no metrics port, no freshness probes (a probe
+    is an indexed item for a moment); overrides as XMODAL_* names."""
 
     def make(**env: str) -> Settings:
         base = {
@@ -37,6 +38,7 @@ def make_settings(tmp_path: Path, topic_prefix: str) -> Any:
             "XMODAL_METRICS_PORT": "0",
             "XMODAL_TOPIC_PARTITIONS": "2",
             "XMODAL_BATCH_WINDOW_MS": "20",
+            "XMODAL_FRESHNESS_INTERVAL_S": "0",
         }
         return load_settings({**base, **{f"XMODAL_{k.upper()}": v for k, v in env.items()}})
 

@@ -256,7 +256,8 @@ def run_demo(
         shutil.rmtree(demo_dir)
     # Own topics per run: a broker shared with other runs (or with `xmodal up`) never mixes them in.
     prefix = f"{settings.topic_prefix}-demo-{uuid.uuid4().hex[:8]}"
-    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "topic_prefix": prefix})
+    # No freshness probes: the demo counts indexed items, and a probe is one for a moment.
+    demo_settings = settings.model_copy(update={"data_dir": demo_dir, "topic_prefix": prefix, "freshness_interval_s": 0})
     say = progress or (lambda _what, _n: None)
 
     held_img, seen_img = heldout_gallery("image", images)

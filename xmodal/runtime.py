@@ -29,6 +29,7 @@ from xmodal.streams.kafka import ensure_topics
 
 if TYPE_CHECKING:
     from xmodal.gateway.server import GatewayServer
+    from xmodal.query_api.quality import QualityMonitors
     from xmodal.query_api.service import QueryService
     from xmodal.streams.runner import FaustRunner
 
@@ -101,6 +102,7 @@ class Node:
         self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
         self._query: QueryService | None = None
+        self._quality: QualityMonitors | None = None  # live recall, canaries, freshness (docs/quality.md)
         self.http: GatewayServer | None = None
         self.http_problem: str | None = None  # why the gateway of `roles.http` is not served
         self._http_crash_seen = False  # the hosted gateway's crash is logged once
@@ -148,15 +150,18 @@ class Node:
             self._faust = FaustRunner(create_app(settings, self.bootstrap, pipeline, executor), executor)
             self._faust.start()
         if self.roles.query:
+            from xmodal.query_api.quality import QualityMonitors
             from xmodal.query_api.rerank import RerankStage
             from xmodal.query_api.searcher import Searcher
             from xmodal.query_api.service import QueryService
 
             rerank = RerankStage.from_settings(settings, self.spaces, limits)
             rerank.start()  # with XMODAL_RERANK=true: loads the rerankers, a missing checkpoint stops here
-            searcher = Searcher(self.spaces, self.index, limits, rerank=rerank)
+            self._quality = QualityMonitors(settings, self.bootstrap, self.index, self.spaces)
+            searcher = Searcher(self.spaces, self._quality.searched_index, limits, rerank=rerank)
             self._query = QueryService(settings, self.bootstrap, searcher)
             self._query.start()
+            self._quality.start()  # canaries and probes go through the service just started
         if self.roles.http and settings.http_port:
             from xmodal.gateway.server import GatewayServer
 
@@ -213,6 +218,7 @@ class Node:
         """Stop everything started, in reverse order; one failing step does not skip the others."""
         steps: list[tuple[str, Callable[[], None] | None]] = [
             ("HTTP gateway", self.http.stop if self.http is not None else None),
+            ("quality monitors", self._quality.stop if self._quality is not None else None),
             ("query service", self._query.stop if self._query is not None else None),
             ("ingest agents", self._faust.stop if self._faust is not None else None),
             ("index", self.index.close if self.index is not None else None),
@@ -221,6 +227,7 @@ class Node:
             ("broker", self._broker.stop if self._broker is not None else None),
         ]
         self._query = self._faust = self.index = self._lock = self._broker = None
+        self._quality = None
         self.http = None
         self._recorded = False
         for what, step in steps:

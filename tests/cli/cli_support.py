@@ -32,8 +32,15 @@ def user_env(tmp_path: Path, **extra: str) -> dict[str, str]:
     """The caller's environment without XMODAL_* (a developer's settings must not leak in), with a
     data dir of its own and no metrics port unless asked."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("XMODAL_")}
-    # no metrics port and no search page unless a test asks: ports are shared by every test
-    env.update(XMODAL_DATA_DIR=str(tmp_path / "data"), XMODAL_METRICS_PORT="0", XMODAL_HTTP_PORT="0", PYTHONUNBUFFERED="1")
+    # no metrics port and no search page unless a test asks: ports are shared by every test; no
+    # freshness probes unless asked: a probe is an indexed item for a moment (counts, index sizes)
+    env.update(
+        XMODAL_DATA_DIR=str(tmp_path / "data"),
+        XMODAL_METRICS_PORT="0",
+        XMODAL_HTTP_PORT="0",
+        XMODAL_FRESHNESS_INTERVAL_S="0",
+        PYTHONUNBUFFERED="1",
+    )
     env.update(extra)
     return env
 

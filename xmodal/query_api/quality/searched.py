@@ -1,0 +1,67 @@
+"""The index as the query path sees it: every approximate search is offered to the recall monitor,
+and freshness probes are kept out of answers that did not ask for them.
+
+An adapter around any VectorIndex, so the Searcher (and the rerank stage after it) need no hook:
+the node hands the Searcher this index instead of the raw one. Everything but `search` passes
+through unchanged.
+
+Probes (freshness.py) are real items of the index for a moment. A search whose filter does not
+name the probe key asks the engine for `PROBE_HEADROOM` more hits and drops probes, so users
+never see one and still get k hits; the recall check compares the engine's own top k, probes
+included, with the exact top k, so it measures the engine, not this filtering.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from xmodal.indexer.base import Hit, VectorIndex
+from xmodal.query_api.quality.freshness import PROBE_KEY
+from xmodal.query_api.quality.recall import RecallMonitor
+
+__all__ = ["PROBE_HEADROOM", "SearchedIndex"]
+
+# Probes in the index at once: one per query-service instance probing; a few more for safety.
+PROBE_HEADROOM = 4
+MAX_K = 1000  # the protocol's largest k
+
+
+class SearchedIndex:
+    """VectorIndex that watches and filters the approximate searches of `inner`."""
+
+    def __init__(self, inner: VectorIndex, recall: RecallMonitor | None = None) -> None:
+        self._inner = inner
+        self._recall = recall
+
+    @property
+    def inner(self) -> VectorIndex:
+        return self._inner
+
+    def __getattr__(self, name: str) -> Any:  # ensure_collection, upsert, sample, count, close, ...
+        return getattr(self._inner, name)
+
+    def search(
+        self,
+        space: str,
+        vector: NDArray[np.float32],
+        k: int,
+        *,
+        modalities: Sequence[str] | None = None,
+        filter: Mapping[str, Any] | None = None,
+        with_thumbnails: bool = False,
+        exact: bool = False,
+    ) -> list[Hit]:
+        wants_probes = bool(filter) and PROBE_KEY in filter  # type: ignore[operator]
+        limit = k if wants_probes or isinstance(k, bool) or not isinstance(k, int) else min(k + PROBE_HEADROOM, max(k, MAX_K))
+        hits = self._inner.search(
+            space, vector, limit, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact
+        )
+        if self._recall is not None and not exact:
+            self._recall.offer(space, vector, k, modalities, filter, [h.item_id for h in hits[:k]])
+        if wants_probes:
+            return hits
+        return [h for h in hits if PROBE_KEY not in h.metadata][:k]
