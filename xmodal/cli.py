@@ -501,6 +501,7 @@ def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
     import time
 
     from xmodal.indexer.edge import EdgeIndex
+    from xmodal.indexer.settings import IndexSettings
     from xmodal.runtime import IndexLock
 
     settings = _settings(data_dir=data_dir, spaces=spaces)
@@ -511,7 +512,7 @@ def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
         lock.acquire()
     except ConfigError as e:
         _fail(e.message, 2)
-    index = EdgeIndex(settings.data_dir / "index")
+    index = EdgeIndex(settings.data_dir / "index", index_settings=IndexSettings.from_settings(settings))
     try:
         for space in settings.spaces:
             if not (settings.data_dir / "index" / space).is_dir():

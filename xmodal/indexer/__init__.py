@@ -46,10 +46,13 @@ def __getattr__(name: str) -> Any:
 
 def open_index(settings: Settings) -> VectorIndex:
     """The index the settings ask for. Does no I/O: collections are made by `ensure_collection`."""
+    from xmodal.indexer.settings import IndexSettings
+
+    index_settings = IndexSettings.from_settings(settings)
     if settings.embedded_index:
         from xmodal.indexer.edge import EdgeIndex
 
-        return EdgeIndex(settings.data_dir / "index")
+        return EdgeIndex(settings.data_dir / "index", index_settings=index_settings)
 
     from qdrant_client import QdrantClient
 
@@ -58,4 +61,4 @@ def open_index(settings: Settings) -> VectorIndex:
     api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key is not None else None
     # check_compatibility would call the server from this constructor; ensure_collection reaches it anyway.
     client = QdrantClient(url=settings.qdrant_url, api_key=api_key, check_compatibility=False)
-    return QdrantIndex(client, collection_prefix=settings.topic_prefix)
+    return QdrantIndex(client, collection_prefix=settings.topic_prefix, index_settings=index_settings)

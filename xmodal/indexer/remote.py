@@ -33,6 +33,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from xmodal.errors import DimensionMismatch, VectorIndexError, XmodalError
 from xmodal.indexer import _common as common
 from xmodal.indexer.base import Hit, IndexPoint, point_id
+from xmodal.indexer.settings import IndexSettings, describe_changes
 
 __all__ = ["QdrantIndex", "RetryPolicy"]
 
@@ -77,8 +78,11 @@ class QdrantIndex:
         *,
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = 256,
+        index_settings: IndexSettings | None = None,
     ) -> None:
         self._client = client
+        self._index_settings = index_settings or IndexSettings()
+
         self._prefix = collection_prefix
         self._retry = retry
         self._batch_size = batch_size
@@ -91,6 +95,9 @@ class QdrantIndex:
         )
         self._dims: dict[str, int] = {}
         self._closed = False
+        # Local mode scans every point and warns about search params it cannot use.
+        self._search_params = None if self._local else search_params(self._index_settings)
+        self._exact_params = None if self._local else _EXACT
 
     # -- protocol ---------------------------------------------------------------------------
 
@@ -104,6 +111,7 @@ class QdrantIndex:
                     name,
                     self._client.create_collection,
                     vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                    **collection_config(self._index_settings),
                 )
             except VectorIndexError:
                 # Another worker may have created it since we looked; then check it like any other.
@@ -116,8 +124,10 @@ class QdrantIndex:
                 f"encoder makes {dim}-d vectors; delete that collection (or choose another XMODAL_TOPIC_PREFIX) "
                 f"and re-ingest to rebuild it for this encoder"
             )
-        if not self._local:  # local mode ignores payload indexes (and warns about them)
-            for field in ("modality", "item_id"):
+        if not self._local:  # local mode ignores payload indexes (and warns about them), HNSW and quantization
+            self._apply_build_settings(space)
+            keys = self._index_settings.payload_indexes
+            for field in ("modality", "item_id", *(f'metadata."{key}"' for key in keys)):
                 self._call(
                     "create_payload_index",
                     name,
@@ -173,7 +183,7 @@ class QdrantIndex:
                 query_filter=query_filter,
                 limit=limit,
                 with_payload=True if with_thumbnails else models.PayloadSelectorExclude(exclude=[common.THUMBNAIL_FIELD]),
-                search_params=_EXACT if exact else None,
+                search_params=self._exact_params if exact else self._search_params,
             )
             return [common.hit_from_payload(p.payload, p.score) for p in response.points]
 
@@ -203,7 +213,55 @@ class QdrantIndex:
         """The Qdrant collection that holds `space`."""
         return f"{self._prefix}_{common.check_space(space)}"
 
+    def scroll(self, space: str, offset: Any, limit: int) -> tuple[list[Any], Any]:
+        """One page of the space's points with payloads, no vectors (ids in order), and the offset
+        of the next page (None after the last): what `xmodal verify` reads."""
+        return self._call(  # type: ignore[no-any-return]
+            "scroll", self.collection(space), self._client.scroll,
+            offset=offset, limit=limit, with_payload=True, with_vectors=False,
+        )
+
+    def index_report(self, space: str) -> dict[str, Any]:
+        """The collection's index settings as the server reports them, and its indexing state.
+
+        Local mode keeps no HNSW or quantization (it scans), so it reports the configured settings."""
+        name = self.collection(space)
+        info = self._call("get_collection", name, self._client.get_collection)
+        built = self._index_settings.build() if self._local else _built_settings(info)
+        return {
+            "settings": self._index_settings.build(),
+            "built_with": built,
+            # A server rebuilds in the background after update_collection; it reports status "yellow" meanwhile.
+            "rebuild_pending": built != self._index_settings.build() or info.status != models.CollectionStatus.GREEN,
+            "search": self._index_settings.search(),
+            "points": info.points_count,
+            "indexed_vectors": info.indexed_vectors_count,
+            "segments": info.segments_count,
+            "payload_indexes": sorted(info.payload_schema),
+        }
+
     # -- internals ----------------------------------------------------------------------------
+
+    def _apply_build_settings(self, space: str) -> None:
+        """Bring an existing collection's HNSW/quantization/thresholds to the settings: the server
+        then rebuilds its segments in the background from the stored vectors, serving meanwhile."""
+        name = self.collection(space)
+        info = self._call("get_collection", name, self._client.get_collection)
+        changes = self._index_settings.build_changes(_built_settings(info))
+        if not changes:
+            return
+        log.warning(
+            "space %r: Qdrant collection %r at %s was built with other index settings (%s); updating it, "
+            "the server rebuilds its segments in the background (no `xmodal reindex` needed for this)",
+            space,
+            name,
+            self._where,
+            describe_changes(changes),
+        )
+        config = collection_config(self._index_settings)
+        if config["quantization_config"] is None:
+            config["quantization_config"] = models.Disabled.DISABLED
+        self._call("update_collection", name, self._client.update_collection, **config)
 
     def _dim(self, space: str) -> int:
         dim = self._dims.get(space)
@@ -244,6 +302,65 @@ class QdrantIndex:
                 log.warning("%s failed (%s); retry %d in %.2fs", what, e, attempt, delay)
                 time.sleep(delay)
         raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def collection_config(settings: IndexSettings) -> dict[str, Any]:
+    """create_collection/update_collection arguments for the build settings."""
+    quantization: models.QuantizationConfig | None = None
+    if settings.quantization == "int8":
+        quantization = models.ScalarQuantization(
+            scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+        )
+    elif settings.quantization == "binary":
+        # As on the embedded index: 1-bit stored vectors, 8-bit queries (asymmetric).
+        quantization = models.BinaryQuantization(
+            binary=models.BinaryQuantizationConfig(
+                always_ram=True, query_encoding=models.BinaryQuantizationQueryEncoding.SCALAR8BITS
+            )
+        )
+    return {
+        "hnsw_config": models.HnswConfigDiff(
+            m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, full_scan_threshold=settings.full_scan_threshold_kb
+        ),
+        "quantization_config": quantization,
+        "optimizers_config": models.OptimizersConfigDiff(indexing_threshold=settings.indexing_threshold_kb),
+    }
+
+
+def search_params(settings: IndexSettings) -> models.SearchParams:
+    """What every approximate search sends: HNSW ef and, on a quantized index, rescoring."""
+    if not settings.quantized:
+        return models.SearchParams(hnsw_ef=settings.search_ef)
+    rescore = settings.quantization_rescore
+    # Oversampling only widens the candidates that rescoring re-ranks; without it, it does nothing.
+    return models.SearchParams(
+        hnsw_ef=settings.search_ef,
+        quantization=models.QuantizationSearchParams(
+            rescore=rescore, oversampling=settings.quantization_oversampling if rescore else None
+        ),
+    )
+
+
+def _built_settings(info: models.CollectionInfo) -> dict[str, Any]:
+    """The build settings (IndexSettings.build() names) a collection reports."""
+    config = info.config
+    quantization = config.quantization_config
+    kind = (
+        "int8"
+        if isinstance(quantization, models.ScalarQuantization)
+        else "binary"
+        if isinstance(quantization, models.BinaryQuantization)
+        else "other"
+        if quantization is not None
+        else "none"
+    )
+    return {
+        "hnsw_m": config.hnsw_config.m,
+        "hnsw_ef_construct": config.hnsw_config.ef_construct,
+        "quantization": kind,
+        "full_scan_threshold_kb": config.hnsw_config.full_scan_threshold,
+        "indexing_threshold_kb": config.optimizer_config.indexing_threshold,
+    }
 
 
 def _query_filter(modalities: list[str] | None, filter: Mapping[str, Any] | None) -> models.Filter | None:
