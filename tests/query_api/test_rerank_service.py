@@ -1,0 +1,137 @@
+"""Reranking through the query service on the real tansu broker and qdrant-edge.
+
+The service's Searcher has the rerank stage with RuleReranker on the toy gallery (rerank_support.py)
+and the real MiniLM `mini` space without a reranker. One service and one client for the module.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import orjson
+import pytest
+from qa_support import CORPUS, MiniText, ToySpace, open_backend
+from rerank_support import RuleReranker, expected_adjustment, populate_gallery
+
+from xmodal.config import Settings, load_settings
+from xmodal.encoders.media import MediaLimits
+from xmodal.errors import SearchError
+from xmodal.indexer import IndexPoint, VectorIndex
+from xmodal.query_api import QueryService, SearchClient, Searcher
+from xmodal.query_api.rerank import RerankStage
+from xmodal.schema import SearchReply
+
+pytestmark = pytest.mark.broker
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings(
+        {
+            "XMODAL_TOPIC_PREFIX": f"r{uuid.uuid4().hex[:10]}",
+            "XMODAL_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "XMODAL_METRICS_PORT": "0",
+            "XMODAL_TOPIC_PARTITIONS": "2",
+            "XMODAL_SESSION_TIMEOUT_MS": "3000",
+            "XMODAL_QUERY_CONCURRENCY": "4",
+            "XMODAL_RERANK_K": "50",
+        }
+    )
+
+
+@pytest.fixture(scope="module")
+def index(mini: MiniText, tmp_path_factory: pytest.TempPathFactory) -> Iterator[VectorIndex]:
+    idx = open_backend("edge", tmp_path_factory.mktemp("edge"))
+    populate_gallery(idx)
+    idx.ensure_collection("mini", mini.dim)
+    ids = list(CORPUS)
+    vectors = mini.encode_texts([CORPUS[i][1] for i in ids])
+    idx.upsert("mini", [IndexPoint(i, vectors[n], CORPUS[i][0], CORPUS[i][3]) for n, i in enumerate(ids)])
+    yield idx
+    idx.close()
+
+
+@pytest.fixture(scope="module")
+def rules() -> RuleReranker:
+    return RuleReranker()
+
+
+@pytest.fixture(scope="module")
+def client(broker: str, settings: Settings, mini: MiniText, index: VectorIndex, rules: RuleReranker) -> Iterator[SearchClient]:
+    limits = MediaLimits.from_settings(settings)
+    stage = RerankStage(
+        {"toy": rules}, limits, rerank_k=settings.rerank_k, unavailable={"mini": "no reranker for mini in this test"}
+    )
+    searcher = Searcher({"toy": ToySpace(), "mini": mini}, index, limits, rerank=stage)
+    searcher.start(load_encoders=False)
+    with QueryService(settings, broker, searcher), SearchClient(settings, broker) as c:
+        yield c
+
+
+def ask(client: SearchClient, request: dict[str, Any]) -> SearchReply:
+    """A hand-written request, as any Kafka client (or an old one) would send it."""
+    request_id = uuid.uuid4().hex
+    body = {"request_id": request_id, "reply_to": client.reply_topic, **request}
+    return client.send_raw(orjson.dumps(body), request_id, timeout=10).result(15)
+
+
+def test_a_reranked_reply_carries_first_stage_scores_in_the_new_order(client: SearchClient) -> None:
+    first = client.search("a red thing", k=4, modalities=["image"], spaces=["toy"])
+    reranked = client.search("a red thing", k=4, modalities=["image"], spaces=["toy"], rerank=True)
+    assert [h.id for h in first][:2] == ["img/a-decoy", "img/d-noview"]
+    assert [h.id for h in reranked] == ["img/b-red", "img/d-noview", "img/a-decoy", "img/c-green"]
+    before = {h.id: h.score for h in first}
+    for hit in reranked:
+        assert hit.first_stage_score == pytest.approx(before[hit.id])
+        assert hit.score == pytest.approx(hit.first_stage_score + expected_adjustment(hit.id, "a red thing"))
+        assert hit.thumbnail is None  # fetched to rerank, not asked for
+    assert all(hit.first_stage_score is None for hit in first)
+
+
+def test_the_reply_json_has_the_new_field_only_where_reranked(client: SearchClient) -> None:
+    reply = ask(client, {"query": {"text": "a high tone"}, "k": 2, "modalities": ["audio"], "spaces": ["toy"], "rerank": True})
+    assert reply.ok and [h.id for h in reply.hits] == ["snd/b-high", "snd/a-low"]
+    raw = reply.model_dump(mode="json")["hits"]
+    assert all(isinstance(hit["first_stage_score"], float) for hit in raw)
+
+
+def test_an_old_client_request_is_answered_first_stage(client: SearchClient) -> None:
+    """No rerank fields (a client older than them): first stage, as before."""
+    reply = ask(client, {"query": {"text": "a high tone"}, "k": 2, "modalities": ["audio"], "spaces": ["toy"]})
+    assert reply.ok and [h.id for h in reply.hits] == ["snd/a-low", "snd/b-high"]
+    assert all(hit.first_stage_score is None for hit in reply.hits)
+    off = ask(client, {"query": {"text": "a high tone"}, "k": 2, "modalities": ["audio"], "spaces": ["toy"], "rerank": False})
+    assert off.hits == reply.hits
+
+
+def test_rerank_k_is_honoured_per_request(client: SearchClient, rules: RuleReranker) -> None:
+    narrow = client.search("a red thing", k=1, modalities=["image"], spaces=["toy"], rerank=True, rerank_k=2)
+    assert [h.id for h in narrow] == ["img/d-noview"]  # the red image, third in the first stage, was not scored
+    assert rules.calls[-1] == ("image", 1)  # two candidates, one without a view
+    wide = client.search("a red thing", k=1, modalities=["image"], spaces=["toy"], rerank=True)  # settings: 50
+    assert [h.id for h in wide] == ["img/b-red"]
+    assert rules.calls[-1] == ("image", 3)  # every image with a view
+    refused = ask(client, {"query": {"text": "x"}, "rerank": True, "rerank_k": 0})
+    assert not refused.ok and refused.error is not None and refused.error.code == "out_of_range"
+
+
+def test_thumbnails_come_back_only_when_asked(client: SearchClient) -> None:
+    hits = client.search("a red thing", k=4, modalities=["image"], spaces=["toy"], rerank=True, with_thumbnails=True)
+    assert hits[0].id == "img/b-red" and hits[0].thumbnail is not None and hits[0].thumbnail.image
+    assert hits[0].first_stage_score is not None
+
+
+def test_rerank_where_nothing_can_is_an_error_reply(client: SearchClient) -> None:
+    reply = ask(client, {"query": {"text": "a dog barks"}, "spaces": ["mini"], "rerank": True})
+    assert not reply.ok and reply.error is not None
+    assert reply.error.code == "rerank_unavailable"
+    assert "no reranker for mini in this test" in reply.error.message
+    with pytest.raises(SearchError) as caught:
+        client.search("a dog barks", spaces=["mini"], rerank=True)
+    assert caught.value.code == "rerank_unavailable"
+    # both spaces: toy's lists are reranked, mini's answered first-stage, in one reply
+    hits = client.search("a red thing", k=20, rerank=True)
+    assert {h.space for h in hits if h.first_stage_score is not None} == {"toy"}
+    assert {h.space for h in hits if h.first_stage_score is None} == {"mini"}
