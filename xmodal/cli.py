@@ -492,6 +492,38 @@ def demo(
 
 
 @app.command()
+def verify(
+    space: Annotated[str, typer.Argument(help="The space to check, e.g. mini.")],
+    generation: Annotated[int | None, typer.Option(help="Check this generation instead of the serving one.")] = None,
+    group: Annotated[str | None, typer.Option(help="Consumer group whose committed offsets bound what is settled (default: the ingest group).")] = None,
+    sample: Annotated[int, typer.Option(help="Ids shown per kind of difference.", min=0)] = 10,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    data_dir: DataDir = None,
+    kafka_bootstrap: Bootstrap = None,
+    qdrant_url: QdrantUrl = None,
+) -> None:
+    """Compare the media topic (latest event per id) with the index: missing, extra, stale points.
+
+    Exit status: 0 clean, 1 differences, 2 error (docs/operations.md#verify)."""
+    from xmodal.streams.verify import report_lines, verify_space
+
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
+    bootstrap = _bootstrap_or_fail(settings)
+    try:
+        with err.status(f"reading the index and the log of {space}…"):
+            report = verify_space(settings, bootstrap, space, generation=generation, group=group, sample=sample)
+    except XmodalError as e:
+        _fail(e.message, 2)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(report.to_dict(), option=orjson.OPT_INDENT_2) + b"\n")
+    else:
+        for line in report_lines(report):
+            out.print(line, highlight=False)
+    if not report.clean:
+        raise typer.Exit(1)
+
+
+@app.command()
 def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
     """Build the HNSW index of the embedded index (run while xmodal up / worker is stopped).
 

@@ -76,6 +76,9 @@ class Encoder(Protocol):
     first `audio_seconds` encode to the same vector. Media decoding stops there (see
     `audio_seconds_needed` and `MediaLimits.for_encoders`). None, or no such attribute, means the
     tower reads whole clips. It is not a protocol member, so encoders without audio need not say.
+
+    An encoder may also have `fingerprint: str`, a name of its exact weights that every point and
+    index generation records (xmodal/encoders/fingerprint.py; the built-in spaces all have one).
     """
 
     @property
@@ -155,6 +158,12 @@ class SerializedEncoder:
     @property
     def audio_seconds(self) -> float | None:
         return getattr(self._inner, "audio_seconds", None)
+
+    @property
+    def fingerprint(self) -> str:
+        from xmodal.encoders.fingerprint import fingerprint_of
+
+        return fingerprint_of(self._inner)
 
     def load(self) -> None:
         with self._tower_lock:

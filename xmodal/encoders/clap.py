@@ -126,6 +126,13 @@ class ClapSpace:
             self._config_dim = int(config.projection_dim)
         return self._config_dim
 
+    @property
+    def fingerprint(self) -> str:
+        """The model directory's weights and configs (xmodal/encoders/fingerprint.py)."""
+        from xmodal.encoders.fingerprint import directory_weights, make_fingerprint
+
+        return make_fingerprint(self.name, "clap", directory_weights(self._resolve()))
+
     def _resolve(self) -> Path:
         if self._dir is None:
             self._dir = resolve_clap_dir(self._settings.clap_model, self._hub_cache)

@@ -221,6 +221,18 @@ class ClipSpace:
             self._config_dim = int(_model_config(self._resolve())["embed_dim"])
         return self._config_dim
 
+    @property
+    def fingerprint(self) -> str:
+        """Architecture + the checkpoint file (or the local-dir's files) (xmodal/encoders/fingerprint.py)."""
+        from xmodal.encoders.fingerprint import directory_weights, make_fingerprint
+
+        weights = self._resolve()
+        if weights.checkpoint is not None:
+            files = [(Path(weights.checkpoint).name, Path(weights.checkpoint))]
+            return make_fingerprint(self.name, self._settings.clip_model, files)
+        directory = Path(weights.model_name.removeprefix(LOCAL_DIR))
+        return make_fingerprint(self.name, weights.model_name, directory_weights(directory))
+
     def _resolve(self) -> ClipWeights:
         if self._weights is None:
             self._weights = resolve_clip_weights(

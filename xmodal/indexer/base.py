@@ -35,6 +35,8 @@ class IndexPoint:
     ts: int | None = None  # event time, ms since epoch
     source: Mapping[str, Any] | None = None  # {"topic", "partition", "offset"} of the event
     thumbnail: Mapping[str, str] | None = None  # xmodal/thumbnails.py; stored only when given
+    model: str | None = None  # fingerprint of the encoder that made the vector; stored only when given
+    index_settings: str | None = None  # IndexSettings' tag the generation was made with; stored only when given
 
     def payload(self) -> dict[str, Any]:
         payload: dict[str, Any] = {
@@ -46,6 +48,10 @@ class IndexPoint:
         }
         if self.thumbnail is not None:
             payload["thumbnail"] = dict(self.thumbnail)
+        if self.model is not None:
+            payload["model"] = self.model
+        if self.index_settings is not None:
+            payload["index_settings"] = self.index_settings
         return payload
 
 

@@ -27,6 +27,7 @@ from typing import Any, TypeVar
 import numpy as np
 
 from xmodal.encoders.base import Encoder, Modality, Vectors
+from xmodal.encoders.fingerprint import fingerprint_of
 from xmodal.encoders.media import MediaLimits, load_media
 from xmodal.errors import DimensionMismatch, EncodeError, VectorIndexError, XmodalError
 from xmodal.indexer.base import IndexPoint, VectorIndex
@@ -221,9 +222,13 @@ class IngestPipeline:
         *,
         max_decoded_bytes: int = DEFAULT_MAX_DECODED_BYTES,
         thumbnails: ThumbnailSpec | None = None,
+        index_settings: str | None = None,
     ) -> None:
-        """`thumbnails`: store a thumbnail with each point (None: none, as before)."""
+        """`thumbnails`: store a thumbnail with each point (None: none, as before).
+        `index_settings`: the settings tag each point records beside its model's fingerprint."""
         self._spaces = dict(spaces)
+        self._models: dict[str, str] = {}  # space -> fingerprint, read at start() (it may hash weight files)
+        self._index_settings = index_settings
         self._thumbnails = thumbnails
         self._index = index
         # Audio is decoded only as far as the configured towers read it.
@@ -235,6 +240,7 @@ class IngestPipeline:
         for name, encoder in self._spaces.items():
             encoder.load()
             self._index.ensure_collection(name, encoder.dim)
+            self._models[name] = fingerprint_of(encoder)
 
     @property
     def supported(self) -> frozenset[Modality]:
@@ -295,7 +301,7 @@ class IngestPipeline:
         vectors, failed = self._encode([it for it in candidates if it.event.op == "upsert"], result)
         upserts, deletes = self._outcome(candidates, failed)
         points = {
-            space: [(item, self._point(item, by_item[item.position])) for item in upserts if item.position in by_item]
+            space: [(item, self._point(space, item, by_item[item.position])) for item in upserts if item.position in by_item]
             for space, by_item in vectors.items()
         }
         rejected: dict[int, _Item] = {}
@@ -408,8 +414,7 @@ class IngestPipeline:
                 by_item.pop(key, None)
         return vectors, set(errors)
 
-    @staticmethod
-    def _point(item: _Item, vector: np.ndarray) -> IndexPoint:
+    def _point(self, space: str, item: _Item, vector: np.ndarray) -> IndexPoint:
         return IndexPoint(
             item_id=item.event.id,
             vector=vector,
@@ -418,6 +423,8 @@ class IngestPipeline:
             ts=item.event.ts if item.event.ts is not None else item.record.timestamp_ms,
             source={"topic": item.record.topic, "partition": item.record.partition, "offset": item.record.offset},
             thumbnail=item.thumbnail,
+            model=self._models.get(space) or self._models.setdefault(space, fingerprint_of(self._spaces[space])),
+            index_settings=self._index_settings,
         )
 
 

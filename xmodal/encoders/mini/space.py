@@ -57,6 +57,16 @@ class MiniSpace:
         self._runtime: TorchRuntime | None = None
         self.modalities: frozenset[Modality] = frozenset({"text", "image", "audio"})
 
+    @property
+    def fingerprint(self) -> str:
+        """The MiniLM weights and both towers' files (xmodal/encoders/fingerprint.py)."""
+        from xmodal.encoders.fingerprint import directory_weights, make_fingerprint
+        from xmodal.encoders.mini.text import minilm_dir
+
+        files = [(f"text/{name}", path) for name, path in directory_weights(minilm_dir())]
+        files += [(m, tower_path(m, self._weights_dir)) for m in ("image", "audio") if tower_path(m, self._weights_dir).is_file()]
+        return make_fingerprint(self.name, "minilm-l6+towers", files)
+
     def load(self) -> None:
         """Load the text model and both towers; ModelLoadError names a missing file and how to make it."""
         import torch
