@@ -1,0 +1,117 @@
+"""The rerank stage with the real mini cross-encoder the project ships (xmodal/encoders/mini/cross.py),
+built by the rerank registry from the settings, after the real `mini` space's first stage on qdrant-edge.
+
+Skipped only when the shipped checkpoint is absent (it is trained by `python -m
+xmodal.encoders.mini.train_cross` and committed as xmodal/encoders/mini/weights/cross.safetensors).
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+from qa_support import make_request, open_backend
+
+from xmodal.config import Settings, load_settings
+from xmodal.encoders.media import MediaLimits
+from xmodal.encoders.registry import build_space
+from xmodal.indexer import IndexPoint, VectorIndex
+from xmodal.query_api import Searcher
+from xmodal.query_api.rerank import RerankStage
+from xmodal.thumbnails import ThumbnailSpec, make_thumbnail
+
+cross = pytest.importorskip("xmodal.encoders.mini.cross", reason="the mini cross-encoder module is not in this tree")
+CHECKPOINT = cross.cross_path()
+pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"no shipped mini cross-encoder at {CHECKPOINT}")
+
+RGB = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 40), "yellow": (235, 210, 20)}
+
+
+def scene(left: tuple[str, str], right: tuple[str, str]) -> Image.Image:
+    """Two objects, (colour, shape) each, on white, 64 x 64 like the corpus."""
+    image = Image.new("RGB", (64, 64), (255, 255, 255))
+    draw = ImageDraw.Draw(image)
+    for (colour, shape), (cx, cy) in ((left, (18, 32)), (right, (46, 32))):
+        box = (cx - 11, cy - 11, cx + 11, cy + 11)
+        if shape == "circle":
+            draw.ellipse(box, fill=RGB[colour])
+        else:
+            draw.rectangle(box, fill=RGB[colour])
+    return image
+
+
+GALLERY = {
+    "scene/red-circle-blue-square": scene(("red", "circle"), ("blue", "square")),
+    "scene/blue-circle-red-square": scene(("blue", "circle"), ("red", "square")),
+    "scene/green-circle-yellow-square": scene(("green", "circle"), ("yellow", "square")),
+    "scene/yellow-circle-green-square": scene(("yellow", "circle"), ("green", "square")),
+}
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    return load_settings({"XMODAL_DATA_DIR": str(tmp_path_factory.mktemp("data")), "XMODAL_DEVICE": "cpu"})
+
+
+@pytest.fixture(scope="module")
+def searcher(settings: Settings, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Searcher]:
+    space = build_space("mini", settings)
+    space.load()
+    index: VectorIndex = open_backend("edge", tmp_path_factory.mktemp("edge"))
+    index.ensure_collection("mini", space.dim)
+    ids = list(GALLERY)
+    vectors = space.encode_images([GALLERY[i] for i in ids])
+    thumbnails = [make_thumbnail("image", GALLERY[i], ThumbnailSpec.from_settings(settings)) for i in ids]
+    index.upsert("mini", [IndexPoint(i, vectors[n], "image", thumbnail=thumbnails[n]) for n, i in enumerate(ids)])
+    limits = MediaLimits.from_settings(settings)
+    searcher = Searcher({"mini": space}, index, limits, rerank=RerankStage.from_settings(settings, ["mini"], limits))
+    searcher.start(load_encoders=False)
+    yield searcher
+    index.close()
+
+
+def stored_view(searcher: Searcher, item_id: str) -> Image.Image:
+    """The item's thumbnail as the index stores it, decoded here, apart from the stage's own decoding."""
+    hits = searcher.search(make_request(query={"text": "x"}, k=len(GALLERY), modalities=["image"], with_thumbnails=True))
+    url = next(h.thumbnail.image for h in hits if h.id == item_id and h.thumbnail is not None and h.thumbnail.image)
+    return Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("RGB")
+
+
+def test_reranked_scores_are_first_stage_plus_the_cross_encoders(searcher: Searcher) -> None:
+    query = "a red circle and a blue square"
+    hits = searcher.search(make_request(query={"text": query}, k=len(GALLERY), modalities=["image"], rerank=True))
+    assert sorted(h.id for h in hits) == sorted(GALLERY)
+    reference = cross.MiniCrossEncoder(load_settings({"XMODAL_DEVICE": "cpu"}))
+    reference.load()
+    for hit in hits:
+        assert hit.first_stage_score is not None
+        expected = reference.score("text", query, "image", [stored_view(searcher, hit.id)])[0]
+        assert hit.score - hit.first_stage_score == pytest.approx(float(expected), abs=1e-4)
+    assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
+
+
+@pytest.mark.parametrize(
+    ("query", "right", "swapped"),
+    [
+        ("a red circle and a blue square", "scene/red-circle-blue-square", "scene/blue-circle-red-square"),
+        ("a blue circle and a red square", "scene/blue-circle-red-square", "scene/red-circle-blue-square"),
+        ("a yellow circle and a green square", "scene/yellow-circle-green-square", "scene/green-circle-yellow-square"),
+    ],
+)
+def test_reranking_binds_colour_to_shape(searcher: Searcher, query: str, right: str, swapped: str) -> None:
+    """What the first stage cannot do (issue 10): the scene with the colours swapped ranks below."""
+    hits = searcher.search(make_request(query={"text": query}, k=len(GALLERY), modalities=["image"], rerank=True))
+    order = [h.id for h in hits]
+    assert order.index(right) < order.index(swapped), order
+
+
+def test_the_registry_loads_the_shipped_checkpoint_lazily(settings: Settings, tmp_path: Path) -> None:
+    stage = RerankStage.from_settings(settings, ["mini"], MediaLimits())
+    plan = stage.plan(make_request(query={"text": "x"}, rerank=True), ["mini"], "text", ["text", "image", "audio"])
+    assert plan == {("mini", "image")}
+    assert np.isfinite(stage._rerankers["mini"].score("text", "a red circle", "image", [GALLERY["scene/red-circle-blue-square"]])).all()
