@@ -328,6 +328,10 @@ def eval_(
         Path | None, typer.Option("--items", help="JSONL with id and modality per item (e.g. the MediaEvents you ingested): modalities of relevant items no search returned.")
     ] = None,
     concurrency: Annotated[int, typer.Option(help="Searches in flight at once.", min=1)] = 16,
+    rerank: Annotated[
+        bool | None, typer.Option("--rerank/--no-rerank", help="Rerank with the cross-encoder, or first stage only (default: the service's XMODAL_RERANK).")
+    ] = None,
+    rerank_k: Annotated[int | None, typer.Option("--rerank-k", help="First-stage candidates the cross-encoder scores (default XMODAL_RERANK_K).", min=1, max=1000)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for each reply (default XMODAL_SEARCH_TIMEOUT_S).")] = None,
     data_dir: DataDir = None,
@@ -364,12 +368,17 @@ def eval_(
 
             def submit(query: ev.EvalQuery) -> Any:
                 deadline_ms = int((time.time() + wait_s) * 1000)
-                return client.send(query.to_request(k=depth, reply_to=client.reply_topic, deadline_ms=deadline_ms), timeout=wait_s)
+                request = query.to_request(
+                    k=depth, reply_to=client.reply_topic, deadline_ms=deadline_ms, rerank=rerank, rerank_k=rerank_k
+                )
+                return client.send(request, timeout=wait_s)
 
             results, failures = ev.run_queries(query_set, submit, concurrency=concurrency, on_done=lambda _q: bar.update(1))
     except XmodalError as e:
         _fail(e.message)
-    report = ev.evaluate(query_set, judgments, results, ks=ks, item_modalities=item_modalities, failed=failures)
+    report = ev.evaluate(
+        query_set, judgments, results, ks=ks, item_modalities=item_modalities, failed=failures, rerank=rerank
+    )
     if not report.queries:
         _fail(f"nothing to measure: no query of {queries} has a relevant judgment (relevance > 0) in {qrels}", 2)
     if run_out is not None:
@@ -384,6 +393,7 @@ def eval_(
         (len(report.without_relevant), "queries have no relevant judgment and are not measured"),
         (len(report.qrels_without_query), f"judged query ids are not in {queries}"),
         (report.unknown_modality_items, "relevant items were never returned, so their modality is unknown (give --items)"),
+        (len(results) - report.reranked_queries if rerank else 0, "replies came back not reranked (no reranker for their lists)"),
     ]
     for count, what in notes:
         if count:
@@ -406,7 +416,8 @@ def _eval_table(report: Any) -> Table:
 
     names = measure_names(report.ks)
     table = Table(
-        title=f"{report.queries} judged queries, searched to depth {report.depth} through the live query path",
+        title=f"{report.queries} judged queries, searched to depth {report.depth} through the live query path"
+        + {True: ", reranked", False: ", first stage only", None: ""}[report.rerank],
         title_justify="left",
         caption="Success@k: a relevant item in the top k (what vision-language papers call R@k) · P@k: precision · "
         "R@k: TREC recall, the share of the relevant items in the top k · nDCG@10 · RR: reciprocal rank of the "

@@ -14,6 +14,12 @@ judged relevant to a text query is found at the rank the user sees it, behind an
 service put first. Overall figures use every judgment. A relevant item whose modality is known
 from neither source counts under the result modality "unknown".
 
+Reranking. `rerank` (`xmodal eval --rerank/--no-rerank`) is sent with every query: true asks the
+service's cross-encoder to rescore the first stage's candidates, false asks for the first stage
+alone, None leaves it to the service's XMODAL_RERANK. Two runs compare first stage and reranked on
+the same data; `reranked_queries` counts the replies that came back reranked (their hits carry a
+`first_stage_score`), so a run can tell a service that did not rerank.
+
 Ranking. trec_eval orders a run by score, and ties by item id; the service's order is what is
 measured, so every ranked list is handed over (and written to run files) with the score
 `depth - rank + 1`, which keeps the service's order and has no ties.
@@ -85,10 +91,24 @@ class EvalQuery:
     def modality(self) -> str:
         return self.request.query.kind
 
-    def to_request(self, *, k: int, reply_to: str | None, deadline_ms: int | None = None) -> SearchRequest:
-        return self.request.model_copy(
-            update={"request_id": uuid.uuid4().hex, "k": k, "reply_to": reply_to, "deadline_ms": deadline_ms}
-        )
+    def to_request(
+        self,
+        *,
+        k: int,
+        reply_to: str | None,
+        deadline_ms: int | None = None,
+        rerank: bool | None = None,
+        rerank_k: int | None = None,
+    ) -> SearchRequest:
+        """The request to send; `rerank`/`rerank_k` None: the service's defaults."""
+        update: dict[str, Any] = {"request_id": uuid.uuid4().hex, "k": k, "reply_to": reply_to, "deadline_ms": deadline_ms}
+        if rerank is not None:
+            update["rerank"] = rerank
+        if rerank_k is not None:
+            if not 1 <= rerank_k <= 1000:
+                raise EvalInputError(f"--rerank-k takes 1 to 1000, got {rerank_k}")
+            update["rerank_k"] = rerank_k
+        return self.request.model_copy(update=update)
 
 
 def _query_id(value: Any, where: str) -> str:
@@ -389,6 +409,8 @@ class Evaluation:
     without_relevant: list[str] = field(default_factory=list)  # queries with no relevant judgment (skipped)
     qrels_without_query: list[str] = field(default_factory=list)  # judged query ids not in the queries
     unknown_modality_items: int = 0  # relevant items whose modality nobody reported
+    reranked_queries: int = 0  # replies whose hits came back reranked (they carry first_stage_score)
+    rerank: bool | None = None  # what the run asked: True, False, or None (the service's default)
 
     def value(self, measure: str, direction: str | None = None) -> float | None:
         figures = self.metrics if direction is None else self.by_direction.get(direction)
@@ -407,7 +429,9 @@ class Evaluation:
                 "without_relevant": len(self.without_relevant),
                 "qrels_without_query": len(self.qrels_without_query),
                 "unknown_modality_items": self.unknown_modality_items,
+                "reranked": self.reranked_queries,
             },
+            "rerank": self.rerank,
             "ks": list(self.ks),
             "depth": self.depth,
             "failed": dict(list(self.failed.items())[:20]),
@@ -442,8 +466,9 @@ def evaluate(
     ks: Sequence[int] = DEFAULT_KS,
     item_modalities: Mapping[str, str] | None = None,
     failed: Mapping[str, str] | None = None,
+    rerank: bool | None = None,
 ) -> Evaluation:
-    """Measures of `results` (hits per query id, in the service's order) against `qrels`."""
+    """Measures of `results` (hits per query id, in the service's order) against `qrels`; `rerank`: what the run asked (reported)."""
     ks = tuple(sorted(set(ks)))
     depth = search_depth(ks)
     measures = _measures(ks)
@@ -499,6 +524,8 @@ def evaluate(
         without_relevant=without_relevant,
         qrels_without_query=sorted(set(qrels) - known),
         unknown_modality_items=len(unknown_items),
+        reranked_queries=sum(any(h.first_stage_score is not None for h in hits) for hits in results.values()),
+        rerank=rerank,
     )
 
 

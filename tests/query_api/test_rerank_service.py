@@ -7,6 +7,7 @@ and the real MiniLM `mini` space without a reranker. One service and one client 
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 from collections.abc import Iterator
 from typing import Any
 
@@ -135,3 +136,36 @@ def test_rerank_where_nothing_can_is_an_error_reply(client: SearchClient) -> Non
     hits = client.search("a red thing", k=20, rerank=True)
     assert {h.space for h in hits if h.first_stage_score is not None} == {"toy"}
     assert {h.space for h in hits if h.first_stage_score is None} == {"mini"}
+
+
+def test_xmodal_eval_compares_first_stage_and_reranked(client: SearchClient, broker: str, settings: Settings, tmp_path: Path) -> None:
+    """`xmodal eval --no-rerank` and `--rerank` (the real command, in-process) against this service."""
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    queries, qrels = tmp_path / "queries.jsonl", tmp_path / "qrels.txt"
+    queries.write_text(
+        '{"query_id": "red", "query": {"text": "a red thing"}, "modalities": ["image"]}\n'
+        '{"query_id": "high", "query": {"text": "a high tone"}, "modalities": ["audio"]}\n'
+    )
+    qrels.write_text("red 0 img/b-red 1\nhigh 0 snd/b-high 1\n")
+    env = {
+        "XMODAL_KAFKA_BOOTSTRAP": broker,
+        "XMODAL_TOPIC_PREFIX": settings.topic_prefix,
+        "XMODAL_DATA_DIR": str(tmp_path / "data"),
+        "XMODAL_METRICS_PORT": "0",
+    }
+    figures = {}
+    for flag in ("--no-rerank", "--rerank", None):
+        args = ["eval", "--queries", str(queries), "--qrels", str(qrels), "--k", "1", "--json"] + ([flag] if flag else [])
+        result = CliRunner().invoke(app, args, env=env)
+        assert result.exit_code == 0, result.output
+        figures[flag] = orjson.loads(result.stdout)
+    first, reranked, default = figures["--no-rerank"], figures["--rerank"], figures[None]
+    assert first["metrics"]["Success@1"] == 0.0 and first["counts"]["reranked"] == 0 and first["rerank"] is False
+    assert reranked["metrics"]["Success@1"] == 1.0 and reranked["counts"]["reranked"] == 2 and reranked["rerank"] is True
+    assert default["rerank"] is None and default["metrics"] == first["metrics"]  # this service's default: off
+    narrow = CliRunner().invoke(app, ["eval", "--queries", str(queries), "--qrels", str(qrels), "--k", "1", "--json", "--rerank", "--rerank-k", "1"], env=env)
+    # rerank_k=1 < depth 10: all ten are still scored (max(k, rerank_k)), so the gain stays
+    assert narrow.exit_code == 0 and orjson.loads(narrow.stdout)["metrics"]["Success@1"] == 1.0
