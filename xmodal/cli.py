@@ -440,6 +440,31 @@ def _eval_table(report: Any) -> Table:
 
 
 @app.command()
+def status(
+    url: Annotated[str | None, typer.Option("--url", help="Metrics URL (default: http://127.0.0.1:$XMODAL_METRICS_PORT/metrics).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the figures as one JSON object.")] = False,
+) -> None:
+    """Live figures of the running system from its /metrics: index recall, canaries, freshness, traffic (docs/quality.md)."""
+    from xmodal.query_api.status import StatusUnavailable, fetch_metrics, read_status, status_tables
+
+    settings = _settings()
+    if url is None:
+        if not settings.metrics_port:
+            _fail("XMODAL_METRICS_PORT=0: metrics are off here; give --url of a running xmodal process", 2)
+        url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        figures = read_status(fetch_metrics(url))
+    except StatusUnavailable as e:
+        _fail(f"{e.message}: is `xmodal up` (or a worker / query service) running with this XMODAL_METRICS_PORT?", 1)
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps({"url": url, **figures.to_dict()}, option=orjson.OPT_INDENT_2) + b"\n")
+        return
+    out.print(f"xmodal status from {url}", highlight=False)
+    for table in status_tables(figures, alert_recall=settings.quality_alert_recall):
+        out.print(table)
+
+
+@app.command()
 def demo(
     images: Annotated[int, typer.Option(help="Images per half of the gallery (held-out + seen combinations).")] = 500,
     sounds: Annotated[int, typer.Option(help="Sounds per half of the gallery.")] = 150,

@@ -8,6 +8,7 @@ searched with ef=1 on binary-quantized vectors without rescoring, which an exact
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,13 +20,13 @@ from qa_support import CORPUS, MiniText, populate
 
 from xmodal.encoders.mini.corpus import unrelated_sentences
 from xmodal.errors import ConfigError
-from xmodal.indexer import EdgeIndex, IndexPoint
+from xmodal.indexer import EdgeIndex, Hit, IndexPoint
 from xmodal.indexer.settings import IndexSettings
 from xmodal.metrics import _DELAY_BUCKETS
 from xmodal.query_api import SearchClient
 from xmodal.query_api.quality.canary import load_canaries
 from xmodal.query_api.quality.freshness import PROBE_KEY
-from xmodal.query_api.quality.recall import RecallMonitor, TokenBucket
+from xmodal.query_api.quality.recall import QUEUE_SIZE, RecallMonitor, TokenBucket
 from xmodal.query_api.quality.searched import SearchedIndex
 from xmodal.query_api.status import histogram_quantile, read_status
 from xmodal.runtime import Node, Roles
@@ -58,7 +59,7 @@ def test_searched_index_hides_probes_and_feeds_recall(tmp_path: Path, mini: Mini
         vector = mini.encode_texts(["a small red disc"])[0]
         # A probe right on the query: the engine ranks it first.
         index.upsert("mini", [IndexPoint("xmodal-probe/p1", vector, "text", {PROBE_KEY: "p1"})])
-        monitor = RecallMonitor(index, rate=100, alert_below=0.9)
+        monitor = RecallMonitor(SearchedIndex(index), rate=100, alert_below=0.9)  # as QualityMonitors builds it
         monitor.start()
         try:
             searched = SearchedIndex(index, monitor)
@@ -70,12 +71,52 @@ def test_searched_index_hides_probes_and_feeds_recall(tmp_path: Path, mini: Mini
             raw = index.search("mini", vector, 3)
             assert raw[0].item_id == "xmodal-probe/p1"  # it is in the index; only answers skip it
             deadline = time.monotonic() + 10
-            while monitor.samples("mini") < 2 and time.monotonic() < deadline:
+            while monitor.samples("mini") < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
-            # Unoptimized edge shards are exact scans: ANN and exact agree.
-            assert monitor.samples("mini") == 2 and monitor.recall("mini") == 1.0
+            time.sleep(0.2)
+            # Unoptimized edge shards are exact scans: ANN and exact agree, the probe aside on both
+            # sides; the search for the probe (freshness's) is not sampled.
+            assert monitor.samples("mini") == 1 and monitor.recall("mini") == 1.0
             assert searched.count("mini") == len(CORPUS) + 1  # everything else passes through
         finally:
+            monitor.stop()
+    finally:
+        index.close()
+
+
+class GatedIndex:
+    """A real index whose exact searches wait for `gate`: the recall check falls behind on purpose."""
+
+    def __init__(self, inner: EdgeIndex) -> None:
+        self._inner = inner
+        self.gate = threading.Event()
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(self._inner, name)
+
+    def search(self, *args: object, exact: bool = False, **kwargs: object) -> list[Hit]:
+        if exact:
+            self.gate.wait(30)
+        return self._inner.search(*args, exact=exact, **kwargs)  # type: ignore[arg-type]
+
+
+def test_a_slow_recall_check_drops_samples_instead_of_slowing_searches(tmp_path: Path, mini: MiniText) -> None:
+    index = EdgeIndex(tmp_path / "index")
+    gated = GatedIndex(index)
+    try:
+        populate(index, mini)
+        vector = mini.encode_texts(["rain on a roof"])[0]
+        monitor = RecallMonitor(gated, rate=1000, alert_below=0.9)  # type: ignore[arg-type]
+        searched = SearchedIndex(gated, monitor)  # type: ignore[arg-type]
+        dropped = lambda: metric("xmodal_index_recall_samples_total", space="mini", outcome="dropped") or 0.0  # noqa: E731
+        before = dropped()
+        monitor.start()
+        try:
+            for _ in range(200):  # every one answered while the exact searches are stuck
+                assert searched.search("mini", vector, 2)[0].item_id == "cap/rain"
+            assert dropped() - before >= 200 - QUEUE_SIZE - 1  # one may be in the monitor's hands
+        finally:
+            gated.gate.set()
             monitor.stop()
     finally:
         index.close()

@@ -47,7 +47,8 @@ class QualityMonitors:
         self._bootstrap = bootstrap
         self._modalities = {name: frozenset(e.modalities) for name, e in spaces.items()}
         self.recall = (
-            RecallMonitor(index, settings.recall_sample_rate, settings.quality_alert_recall)
+            # The exact answers go through SearchedIndex too: compared with what users get, probes aside.
+            RecallMonitor(SearchedIndex(index), settings.recall_sample_rate, settings.quality_alert_recall)
             if settings.recall_sample_rate > 0
             else None
         )

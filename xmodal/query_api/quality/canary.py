@@ -83,6 +83,7 @@ class CanaryMonitor:
         self._interval_s = interval_s
         self._timeout_s = timeout_s
         self._ks = tuple(ks)
+        self._published: set[tuple[str, str, str]] = set()  # gauge label sets set by the last run
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -141,10 +142,17 @@ class CanaryMonitor:
 
     def _publish(self, label: str, report: ev.Evaluation) -> None:
         directions = {"all": report.metrics, **report.by_direction}
+        published = set()
         for direction, figures in directions.items():
             for k in self._ks:
                 value = figures.get(f"Success@{k}")
                 if value is not None:
                     CANARY_SUCCESS.labels(label, direction, str(k)).set(value)
+                    published.add((label, direction, str(k)))
+        # A direction of an earlier run that this one lacks (e.g. "text->unknown" while a relevant
+        # item was not indexed yet) would otherwise keep its old value forever.
+        for stale in {labels for labels in self._published if labels[0] == label} - published:
+            CANARY_SUCCESS.remove(*stale)
+        self._published = {labels for labels in self._published if labels[0] != label} | published
         overall = ", ".join(f"Success@{k} {report.metrics.get(f'Success@{k}', 0):.3f}" for k in self._ks)
         log.info("canaries in space %s: %d judged queries, %s", label, report.queries, overall)

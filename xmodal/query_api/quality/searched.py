@@ -7,8 +7,10 @@ through unchanged.
 
 Probes (freshness.py) are real items of the index for a moment. A search whose filter does not
 name the probe key asks the engine for `PROBE_HEADROOM` more hits and drops probes, so users
-never see one and still get k hits; the recall check compares the engine's own top k, probes
-included, with the exact top k, so it measures the engine, not this filtering.
+never see one and still get k hits. The recall check compares what users get with the exact
+answer filtered the same way (the monitor searches through a SearchedIndex too): a probe that
+comes and goes between the two searches must not read as a miss. Searches for probes (the
+freshness monitor's) are not sampled: they measure freshness, and their item is deleted next.
 """
 
 from __future__ import annotations
@@ -60,8 +62,9 @@ class SearchedIndex:
         hits = self._inner.search(
             space, vector, limit, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact
         )
-        if self._recall is not None and not exact:
-            self._recall.offer(space, vector, k, modalities, filter, [h.item_id for h in hits[:k]])
         if wants_probes:
             return hits
-        return [h for h in hits if PROBE_KEY not in h.metadata][:k]
+        visible = [h for h in hits if PROBE_KEY not in h.metadata][:k]
+        if self._recall is not None and not exact:
+            self._recall.offer(space, vector, k, modalities, filter, [h.item_id for h in visible])
+        return visible
