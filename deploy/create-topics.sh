@@ -17,6 +17,7 @@ REPLICATION=${REPLICATION:-3}
 KAFKA_BIN=${KAFKA_BIN:-/opt/kafka/bin}
 MIN_ISR=$(( REPLICATION > 1 ? 2 : 1 ))
 
+# (Values hold no commas: ensure() splits these lists on them.)
 # Compacted: the latest event per id is kept for ever, a tombstone (null value) deletes the id once
 # delete.retention.ms has passed. 7 days of tombstones: a replay (xmodal reindex) or a worker that
 # was down must reach the head of the log within that time, or it misses deletes.
