@@ -79,14 +79,15 @@ class Searcher:
     def search(self, request: SearchRequest) -> list[SearchHit]:
         modality = request.query.kind
         spaces = self._choose_spaces(request.spaces, modality)
+        result_modalities = request.modalities or RESULT_MODALITIES
+        # Before any work: a request that asks to rerank what cannot be is refused at once.
+        to_rerank = self._rerank.plan(request, spaces, modality, result_modalities) if self._rerank else frozenset()
         with timed("query_decode"):
             content = self._decode(request.query)
         vectors: dict[str, Vectors] = {}
         with timed("query_encode"):
             for name in spaces:
                 vectors[name] = self._encode(name, modality, content)
-        result_modalities = request.modalities or RESULT_MODALITIES
-        to_rerank = self._rerank.plan(request, spaces, modality, result_modalities) if self._rerank else frozenset()
         lists: list[RankedList] = []
         with timed("search"):
             for name in spaces:
