@@ -81,6 +81,15 @@ def test_status_with_nothing_running(tmp_path: Path) -> None:
     assert off.returncode == 2 and "--url" in off.stderr
 
 
+def test_bad_canary_files_stop_up_with_the_line_at_fault(env: dict[str, str], tmp_path: Path) -> None:
+    bad = tmp_path / "bad.qrels"
+    bad.write_text("red-circle 0 only-three-fields\n")
+    result = run(["up"], {**env, "XMODAL_CANARY_QRELS": str(bad)}, tmp_path)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "XMODAL_CANARY_QUERIES / XMODAL_CANARY_QRELS" in result.stderr and f"{bad}:1: expected 4 fields" in result.stderr
+    assert not (Path(env["XMODAL_DATA_DIR"]) / "broker.json").exists()  # nothing left running or recorded
+
+
 def test_gauges_of_a_running_up_and_status(up: Up, env: dict[str, str], tmp_path: Path, golden: tuple[Path, Path]) -> None:
     ingest = run(["ingest", str(MEDIA)], env, tmp_path)
     assert ingest.returncode == 0, ingest.stdout + ingest.stderr

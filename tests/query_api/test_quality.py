@@ -28,7 +28,7 @@ from xmodal.query_api.quality.canary import load_canaries
 from xmodal.query_api.quality.freshness import PROBE_KEY
 from xmodal.query_api.quality.recall import QUEUE_SIZE, RecallMonitor, TokenBucket
 from xmodal.query_api.quality.searched import SearchedIndex
-from xmodal.query_api.status import histogram_quantile, read_status
+from xmodal.query_api.status import StatusUnavailable, histogram_quantile, read_status
 from xmodal.runtime import Node, Roles
 
 GALLERY = 1500  # MiniLM-encoded sentences in the recall tests' index: enough for HNSW to matter
@@ -153,6 +153,8 @@ def test_status_quantiles_follow_the_observations() -> None:
         for q, estimate in ((0.5, status.freshness.p50), (0.99, status.freshness.p99)):
             true = float(np.quantile(values, q))
             assert estimate is not None and true / 1.5 <= estimate <= true * 1.5, (centre, q, estimate, true)
+    with pytest.raises(StatusUnavailable, match="no xmodal_"):
+        read_status("# TYPE other_total counter\nother_total 3.0\n")
     assert histogram_quantile(0.5, [(1.0, 0.0), (float("inf"), 0.0)]) is None
     assert histogram_quantile(0.99, [(1.0, 5.0), (float("inf"), 10.0)]) == 1.0  # above the last bound
 
