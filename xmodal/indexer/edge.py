@@ -220,6 +220,10 @@ class EdgeIndex:
             raise VectorIndexError("closing the embedded index failed: " + "; ".join(failures))
 
     @property
+    def root(self) -> Path:
+        return self._root
+
+    @property
     def index_settings(self) -> IndexSettings:
         return self._index_settings
 
@@ -476,8 +480,9 @@ class EdgeIndex:
         space = layout.space
         try:
             with self._gate(space):  # no write lands in the old generation from here on
-                for operation in journal[replayed:]:
-                    self._call(space, "replay", opened.engine.update, operation) if opened else None
+                if opened is not None:
+                    for operation in journal[replayed:]:
+                        self._call(space, "replay", opened.engine.update, operation)
                 if self._journals.get(space) is journal:
                     del self._journals[space]
                 layout.write_pointer(target.number, target.dim)
