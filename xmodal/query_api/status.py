@@ -20,7 +20,15 @@ from rich.table import Table
 
 from xmodal.errors import XmodalError
 
-__all__ = ["HistogramSummary", "Status", "StatusUnavailable", "fetch_metrics", "histogram_quantile", "read_status", "status_tables"]
+__all__ = [
+    "HistogramSummary",
+    "Status",
+    "StatusUnavailable",
+    "fetch_metrics",
+    "histogram_quantile",
+    "read_status",
+    "status_tables",
+]
 
 
 class StatusUnavailable(XmodalError):
@@ -190,10 +198,12 @@ def status_tables(status: Status, *, alert_recall: float | None = None) -> list[
         quality.add_row("canary Success@k", "", "-", "no canary run yet (or XMODAL_CANARY_QUERIES unset)")
     for (space, direction, k), value in sorted(status.canary.items()):
         failed = status.canary_failures.get(space, 0)
-        quality.add_row("canary Success@k", f"space={space} {direction} k={k}", f"{value:.3f}", f"failed searches {_count(failed)}" if failed else "")
+        note = f"failed searches {_count(failed)}" if failed else ""
+        quality.add_row("canary Success@k", f"space={space} {direction} k={k}", f"{value:.3f}", note)
     probes = ", ".join(f"{o} {_count(n)}" for o, n in sorted(status.freshness_probes.items()))
+    no_probe = "no probe yet (or XMODAL_FRESHNESS_INTERVAL_S=0)"
     for name, summary, note in (
-        ("freshness", status.freshness, f"probes: {probes}" if probes else "no probe yet (or XMODAL_FRESHNESS_INTERVAL_S=0)"),
+        ("freshness", status.freshness, f"probes: {probes}" if probes else no_probe),
         ("index lag", status.index_lag, "Kafka timestamp to index ack"),
     ):
         if summary is None or summary.count == 0:

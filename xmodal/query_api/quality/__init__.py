@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from xmodal.config import Settings
 from xmodal.encoders.base import Encoder
+from xmodal.errors import XmodalError
 from xmodal.indexer.base import VectorIndex
 from xmodal.query_api.quality.canary import CanaryMonitor, CanarySet, load_canaries
 from xmodal.query_api.quality.freshness import PROBE_ID_PREFIX, FreshnessMonitor
@@ -69,7 +70,7 @@ class QualityMonitors:
         log.info(
             "quality monitors: recall %s, canaries %s, freshness %s",
             f"{settings.recall_sample_rate:g}/s" if self.recall else "off",
-            f"{len(canaries.queries)} queries every {settings.canary_interval_s:g} s" if canaries else "off",
+            f"{len(canaries.queries)} queries every {settings.canary_interval_s:g} s" if canaries and self.canary else "off",
             f"a probe every {settings.freshness_interval_s:g} s" if self.freshness else "off",
         )
 
@@ -78,7 +79,12 @@ class QualityMonitors:
 
         settings = self._settings
         # Replies on a topic of their own: user clients never read past monitor traffic.
-        client = SearchClient(settings, self._bootstrap, reply_topic=f"{settings.replies_topic}.quality").start()
+        try:
+            client = SearchClient(settings, self._bootstrap, reply_topic=f"{settings.replies_topic}.quality").start()
+        except XmodalError as e:
+            # Monitors are an aid, like metrics: search goes on without canaries and probes.
+            log.warning("canaries and freshness probes are off: their search client did not start: %s", e.message)
+            return
         self._client = client
         if canaries is not None:
             self.canary = CanaryMonitor(

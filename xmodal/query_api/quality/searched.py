@@ -57,8 +57,10 @@ class SearchedIndex:
         with_thumbnails: bool = False,
         exact: bool = False,
     ) -> list[Hit]:
-        wants_probes = bool(filter) and PROBE_KEY in filter  # type: ignore[operator]
-        limit = k if wants_probes or isinstance(k, bool) or not isinstance(k, int) else min(k + PROBE_HEADROOM, max(k, MAX_K))
+        wants_probes = filter is not None and PROBE_KEY in filter
+        limit = k
+        if not wants_probes and isinstance(k, int) and not isinstance(k, bool):  # a bad k: the index says so
+            limit = max(k, min(k + PROBE_HEADROOM, MAX_K))
         hits = self._inner.search(
             space, vector, limit, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact
         )
