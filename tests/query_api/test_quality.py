@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_latest
-from qa_support import CORPUS, MiniText, populate
+from qa_support import CORPUS, MiniText, open_backend, populate
 
 from xmodal.encoders.mini.corpus import unrelated_sentences
 from xmodal.errors import ConfigError
@@ -52,8 +52,9 @@ def test_token_bucket_bounds_the_rate() -> None:
     assert not TokenBucket(0).take()  # rate 0: off
 
 
-def test_searched_index_hides_probes_and_feeds_recall(tmp_path: Path, mini: MiniText) -> None:
-    index = EdgeIndex(tmp_path / "index")
+@pytest.mark.parametrize("backend", ["edge", "qdrant-local"])
+def test_searched_index_hides_probes_and_feeds_recall(backend: str, tmp_path: Path, mini: MiniText) -> None:
+    index = open_backend(backend, tmp_path)
     try:
         populate(index, mini)
         vector = mini.encode_texts(["a small red disc"])[0]
@@ -74,7 +75,7 @@ def test_searched_index_hides_probes_and_feeds_recall(tmp_path: Path, mini: Mini
             while monitor.samples("mini") < 1 and time.monotonic() < deadline:
                 time.sleep(0.02)
             time.sleep(0.2)
-            # Unoptimized edge shards are exact scans: ANN and exact agree, the probe aside on both
+            # Unoptimized edge shards and local mode are exact scans: ANN and exact agree, the probe aside on both
             # sides; the search for the probe (freshness's) is not sampled.
             assert monitor.samples("mini") == 1 and monitor.recall("mini") == 1.0
             assert searched.count("mini") == len(CORPUS) + 1  # everything else passes through
