@@ -28,6 +28,7 @@ from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_ad
 from xmodal.streams.kafka import ensure_topics
 
 if TYPE_CHECKING:
+    from xmodal.indexer.builder import AutoBuild
     from xmodal.gateway.server import GatewayServer
     from xmodal.query_api.quality import QualityMonitors
     from xmodal.query_api.service import QueryService
@@ -101,6 +102,7 @@ class Node:
         self._broker: EmbeddedBroker | None = None
         self._lock: IndexLock | None = None
         self._faust: FaustRunner | None = None
+        self._builds: AutoBuild | None = None
         self._query: QueryService | None = None
         self._quality: QualityMonitors | None = None  # live recall, canaries, freshness (docs/quality.md)
         self.http: GatewayServer | None = None
@@ -133,14 +135,25 @@ class Node:
         from xmodal.streams.pipeline import IngestPipeline
         from xmodal.thumbnails import ThumbnailSpec
 
-        pipeline = IngestPipeline(
-            self.spaces,
-            self.index,
-            limits,
-            max_decoded_bytes=self.settings.batch_max_decoded_bytes,
-            thumbnails=ThumbnailSpec.from_settings(settings),
+        from xmodal.indexer.provenance import settings_tag
+        from xmodal.indexer.settings import IndexSettings
+        from xmodal.streams.handoff import wrap as handoff_aware
+
+        options = {
+            "max_decoded_bytes": self.settings.batch_max_decoded_bytes,
+            "thumbnails": ThumbnailSpec.from_settings(settings),
+            "index_settings": settings_tag(IndexSettings.from_settings(settings)),
+        }
+        # Handoff-aware: completes a reindex's switch, refuses a generation another model made.
+        pipeline = handoff_aware(
+            settings, self.bootstrap, IngestPipeline(self.spaces, self.index, limits, **options), self.index, self.spaces, **options
         )
         pipeline.start()
+        if self.roles.ingest and settings.embedded_index:
+            from xmodal.indexer.builder import auto_build
+
+            # HNSW builds in a builder process once enough points are unindexed (docs/operations.md).
+            self._builds = auto_build(settings, self.index)
         serve_metrics(settings.metrics_port)
         if self.roles.ingest:
             from xmodal.streams.app import create_app
@@ -158,7 +171,10 @@ class Node:
             rerank = RerankStage.from_settings(settings, self.spaces, limits)
             rerank.start()  # with XMODAL_RERANK=true: loads the rerankers, a missing checkpoint stops here
             self._quality = QualityMonitors(settings, self.bootstrap, self.index, self.spaces)
-            searcher = Searcher(self.spaces, self._quality.searched_index, limits, rerank=rerank)
+            from xmodal.indexer.provenance import GuardedIndex
+
+            searched = GuardedIndex(self._quality.searched_index, pipeline.guard)  # model_mismatch replies
+            searcher = Searcher(self.spaces, searched, limits, rerank=rerank)
             self._query = QueryService(settings, self.bootstrap, searcher)
             self._query.start()
             self._quality.start()  # canaries and probes go through the service just started
@@ -221,12 +237,14 @@ class Node:
             ("quality monitors", self._quality.stop if self._quality is not None else None),
             ("query service", self._query.stop if self._query is not None else None),
             ("ingest agents", self._faust.stop if self._faust is not None else None),
+            ("background index builds", self._builds.stop if self._builds is not None else None),
             ("index", self.index.close if self.index is not None else None),
             ("index lock", self._lock.release if self._lock is not None else None),
             ("address record", self._forget_address if self._recorded else None),
             ("broker", self._broker.stop if self._broker is not None else None),
         ]
         self._query = self._faust = self.index = self._lock = self._broker = None
+        self._builds = None
         self._quality = None
         self.http = None
         self._recorded = False

@@ -159,3 +159,34 @@ def test_auto_build_stops_a_running_build(tmp_path: Path) -> None:
     assert auto.results, "no background build finished within a minute"
     assert index.serving_generation("s").number >= 2
     index.close()
+
+
+def test_a_build_overtaken_by_a_switch_is_discarded(tmp_path: Path) -> None:
+    """A reindex that switches the space while a build runs wins: the build is not adopted."""
+    index, data = serving_index(tmp_path, n=500)
+    build = Build(index, "s").start()
+    other = index.create_generation("s", DIM, model="another")
+    writer = EdgeIndex(tmp_path / "index", index_settings=SMALL, pin={"s": other.number})
+    writer.ensure_collection("s", DIM)
+    writer.upsert("s", data[:5])
+    writer.close()
+    index.mark_ready("s", other.number)
+    index.switch("s", other.number)
+    with pytest.raises(VectorIndexError, match="switched to generation"):
+        build.wait(timeout=120)
+    assert index.serving_generation("s").number == other.number and index.count("s") == 5
+    assert build.generation is not None and not build.generation.path.exists()
+    index.close()
+
+
+def test_auto_build_only_for_an_embedded_index_and_a_threshold(tmp_path: Path) -> None:
+    from xmodal.config import load_settings
+    from xmodal.indexer.builder import auto_build
+
+    index = EdgeIndex(tmp_path / "index")
+    assert auto_build(load_settings({"XMODAL_OPTIMIZE_AFTER_POINTS": "0"}), index) is None
+    assert auto_build(load_settings({}), object()) is None
+    started = auto_build(load_settings({"XMODAL_SPACES": "mini"}), index)
+    assert isinstance(started, AutoBuild)
+    started.stop()
+    index.close()

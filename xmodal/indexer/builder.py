@@ -36,7 +36,7 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 
 import numpy as np
 import orjson
@@ -46,7 +46,10 @@ from xmodal.indexer.edge import EdgeIndex
 from xmodal.indexer.generations import Generation
 from xmodal.indexer.settings import IndexSettings
 
-__all__ = ["AutoBuild", "Build", "BuildResult", "build_due"]
+if TYPE_CHECKING:
+    from xmodal.config import Settings
+
+__all__ = ["AutoBuild", "Build", "BuildResult", "auto_build", "build_due"]
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,7 @@ class Build:
         self._stream_error: BaseException | None = None
         self._streamer: threading.Thread | None = None
         self._started = 0.0
+        self._source: int | None = None  # the serving generation the snapshot is taken from
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
 
@@ -102,6 +106,7 @@ class Build:
     def start(self) -> Build:
         index, space = self._index, self._space
         serving = index.serving_generation(space)
+        self._source = serving.number
         self._started = time.monotonic()
         self._generation = index.create_generation(
             space, serving.dim, model=serving.model, settings=index.index_settings.to_dict(), origin="build"
@@ -157,7 +162,7 @@ class Build:
                 raise VectorIndexError(f"the HNSW build of space {self._space!r} failed: {' / '.join(why)}")
             report = json.loads(out.decode().strip().splitlines()[-1])
             replayed = len(self._journal)
-            self._index.adopt_build(self._space, self._generation.number, self._journal)
+            self._index.adopt_build(self._space, self._generation.number, self._journal, replaces=self._source)
         except BaseException:
             self._abandon()
             raise
@@ -315,6 +320,13 @@ class AutoBuild:
     def _run(self) -> None:
         while not self._stop.wait(self._interval):
             self.check()
+
+
+def auto_build(settings: Settings, index: object) -> AutoBuild | None:
+    """The background builds `xmodal up` runs on its embedded index (None: a server, or disabled)."""
+    if not isinstance(index, EdgeIndex) or settings.optimize_after_points <= 0:
+        return None
+    return AutoBuild(index, settings.spaces, settings.optimize_after_points).start()
 
 
 def _read_all(file: IO[bytes] | None) -> bytes:

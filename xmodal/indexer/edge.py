@@ -298,10 +298,13 @@ class EdgeIndex:
             raise VectorIndexError(f"generation {generation} of space {space!r} is open in this index")
         layout.delete_generation(generation)
 
-    def adopt_build(self, space: str, generation: int, journal: list[qe.UpdateOperation]) -> None:
+    def adopt_build(
+        self, space: str, generation: int, journal: list[qe.UpdateOperation], *, replaces: int | None = None
+    ) -> None:
         """Serve a generation a builder filled from a snapshot: replay `journal` (the writes made
         here since the snapshot began, in order) into it, then switch. Writes are held only for
-        the last few journal entries and the switch itself."""
+        the last few journal entries and the switch itself. `replaces`: the generation the
+        snapshot was taken from; if another one serves by now (a reindex switched), nothing moves."""
         layout = self._layout(space)
         target = layout.generation(generation)
         opened = self._open_generation(space, target)
@@ -315,7 +318,7 @@ class EdgeIndex:
         except BaseException:
             _close_shard(opened)
             raise
-        self._switch_to(layout, layout.mark_ready(generation), opened, journal, replayed=done)
+        self._switch_to(layout, layout.mark_ready(generation), opened, journal, replayed=done, replaces=replaces)
 
     @contextlib.contextmanager
     def journal(self, space: str) -> Iterator[list[qe.UpdateOperation]]:
@@ -476,10 +479,16 @@ class EdgeIndex:
         journal: list[qe.UpdateOperation],
         *,
         replayed: int = 0,
+        replaces: int | None = None,
     ) -> None:
         space = layout.space
         try:
             with self._gate(space):  # no write lands in the old generation from here on
+                if replaces is not None and (serving := layout.pointer().serving) != replaces:
+                    raise VectorIndexError(
+                        f"space {space!r} switched to generation {serving} while generation {target.number} "
+                        f"was built from generation {replaces}; the build is discarded"
+                    )
                 if opened is not None:
                     for operation in journal[replayed:]:
                         self._call(space, "replay", opened.engine.update, operation)
