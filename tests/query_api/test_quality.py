@@ -25,7 +25,7 @@ from xmodal.indexer.settings import IndexSettings
 from xmodal.metrics import _DELAY_BUCKETS
 from xmodal.query_api import SearchClient
 from xmodal.query_api.quality.canary import load_canaries
-from xmodal.query_api.quality.freshness import PROBE_KEY
+from xmodal.query_api.quality.freshness import PROBE_KEY, FreshnessMonitor
 from xmodal.query_api.quality.recall import QUEUE_SIZE, RecallMonitor, TokenBucket
 from xmodal.query_api.quality.searched import SearchedIndex
 from xmodal.query_api.status import StatusUnavailable, histogram_quantile, read_status
@@ -221,3 +221,37 @@ def test_recall_gauge_of_live_searches(
         assert recall < settings.quality_alert_recall, recall
         print(f"recall@10 of the broken index over {len(queries)} live searches: {recall:.3f}")
         assert warnings and "below XMODAL_QUALITY_ALERT_RECALL=0.9" in warnings[0]
+
+
+# --- freshness probes on a running node ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ingest", [True, False])
+def test_a_probe_is_found_then_deleted_or_times_out(ingest: bool, broker: str, make_settings, caplog: pytest.LogCaptureFixture) -> None:  # type: ignore[no-untyped-def]
+    """With ingest running a probe is found, timed and deleted by its tombstone; with none, it is a timeout."""
+    settings = make_settings(KAFKA_BOOTSTRAP=broker, SESSION_TIMEOUT_MS="3000", RECALL_SAMPLE_RATE="0")
+    outcome = "found" if ingest else "timeout"
+    before = metric("xmodal_freshness_probes_total", outcome=outcome) or 0.0
+    caplog.set_level(logging.WARNING, logger="xmodal.query_api.quality.freshness")
+    with Node(settings, Roles(ingest=ingest, query=True)) as node, SearchClient(settings, node.bootstrap) as client:
+        assert node.index is not None
+
+        def find(text: str, where: dict[str, str]) -> bool:
+            return any(h.id.startswith("xmodal-probe/") for h in client.search(text, k=1, modalities=["text"], filter=where))
+
+        monitor = FreshnessMonitor(settings, node.bootstrap, find, timeout_s=20.0 if ingest else 2.0)
+        monitor.start()  # XMODAL_FRESHNESS_INTERVAL_S=0 here: no timer, only the probe below runs
+        try:
+            took = monitor.probe()
+        finally:
+            monitor.stop()
+        if ingest:
+            assert took is not None and 0 < took < 20
+            deadline = time.monotonic() + 30
+            while node.index.count("mini") and time.monotonic() < deadline:  # the tombstone is indexed
+                time.sleep(0.1)
+            assert node.index.count("mini") == 0
+        else:
+            assert took is None
+            assert any("was not found by search within 2 s" in r.getMessage() for r in caplog.records)
+    assert (metric("xmodal_freshness_probes_total", outcome=outcome) or 0.0) - before == 1

@@ -54,7 +54,9 @@ def probe_event(probe: str) -> tuple[str, bytes]:
 
 
 class FreshnessMonitor:
-    """Produces a probe every `interval_s` and times it until `find` sees it; `start`/`stop`."""
+    """Produces a probe every `freshness_interval_s` and times it until `find` sees it; `start`/`stop`.
+
+    With an interval of 0, `start` only connects: probes run when `probe()` is called."""
 
     def __init__(self, settings: Settings, bootstrap: str, find: Finder, *, timeout_s: float = PROBE_TIMEOUT_S) -> None:
         self._settings = settings
@@ -67,9 +69,11 @@ class FreshnessMonitor:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        if self._thread is not None:
+        if self._producer is not None:
             raise RuntimeError("FreshnessMonitor.start() was already called")
         self._producer = Producer(producer_config(self._settings, self._bootstrap))
+        if self._interval_s <= 0:
+            return  # no timer: probes only when probe() is called
         self._thread = threading.Thread(target=self._run, name="xmodal-freshness", daemon=True)
         self._thread.start()
 
