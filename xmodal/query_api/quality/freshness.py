@@ -108,6 +108,8 @@ class FreshnessMonitor:
             found = self._wait_until_found(token, start)
         finally:
             self._delete(topic, key)
+        if found is None and self._stopping.is_set():
+            return None  # interrupted by stop(): no reading, and no timeout either
         if found is None:
             FRESHNESS_PROBES.labels("timeout").inc()
             log.warning(
