@@ -19,7 +19,7 @@ from prometheus_client import REGISTRY, CollectorRegistry, Histogram, generate_l
 from qa_support import CORPUS, MiniText, open_backend, populate
 
 from xmodal.encoders.mini.corpus import unrelated_sentences
-from xmodal.errors import ConfigError
+from xmodal.errors import ConfigError, SchemaError
 from xmodal.indexer import EdgeIndex, Hit, IndexPoint
 from xmodal.indexer.settings import IndexSettings
 from xmodal.metrics import _DELAY_BUCKETS
@@ -67,6 +67,8 @@ def test_searched_index_hides_probes_and_feeds_recall(backend: str, tmp_path: Pa
             plain = searched.search("mini", vector, 3)
             assert len(plain) == 3 and all(PROBE_KEY not in h.metadata for h in plain)
             assert plain[0].item_id == "cap/crimson-disc"
+            with pytest.raises(SchemaError, match="k must be a positive integer"):
+                searched.search("mini", vector, 0)  # refused as the index refuses it
             asked = searched.search("mini", vector, 3, filter={PROBE_KEY: "p1"})
             assert [h.item_id for h in asked] == ["xmodal-probe/p1"]
             raw = index.search("mini", vector, 3)

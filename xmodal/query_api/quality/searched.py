@@ -59,7 +59,7 @@ class SearchedIndex:
     ) -> list[Hit]:
         wants_probes = filter is not None and PROBE_KEY in filter
         limit = k
-        if not wants_probes and isinstance(k, int) and not isinstance(k, bool):  # a bad k: the index says so
+        if not wants_probes and isinstance(k, int) and not isinstance(k, bool) and k >= 1:  # else the index refuses k
             limit = max(k, min(k + PROBE_HEADROOM, MAX_K))
         hits = self._inner.search(
             space, vector, limit, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact
