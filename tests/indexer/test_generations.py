@@ -228,3 +228,61 @@ def _pid(item_id: str) -> str:
     from xmodal.indexer.base import point_id
 
     return point_id(item_id)
+
+
+# -- the same on qdrant-client: one collection per generation behind an alias ------------------
+
+
+def test_qdrant_generations_switch_by_alias(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient
+
+    from xmodal.indexer import QdrantIndex
+
+    client = QdrantClient(":memory:")
+    serving = QdrantIndex(client, collection_prefix="t")
+    serving.ensure_collection("s", DIM)
+    old = points(10, prefix="old")
+    serving.upsert("s", old)
+    assert client.get_aliases().aliases[0].model_dump() == {"alias_name": "t_s", "collection_name": "t_s__g000001"}
+    assert serving.serving_generation("s").number == 1
+
+    new = serving.create_generation("s", DIM, model="mini:v2")
+    writer = QdrantIndex(client, collection_prefix="t", pin={"s": new.number})
+    writer.ensure_collection("s", DIM)
+    writer.upsert("s", points(10, prefix="new", seed=1))
+    with pytest.raises(VectorIndexError, match="still building"):
+        serving.switch("s", new.number)
+    serving.mark_ready("s", new.number)
+    assert ids(serving, old[0].vector, k=1) == ["old0"]
+    serving.switch("s", new.number)
+    assert serving.count("s") == 10 and ids(serving, old[0].vector, k=1)[0].startswith("new")
+    assert {g.number: (g.model, g.state) for g in serving.generations("s")} == {1: (None, "ready"), 2: ("mini:v2", "ready")}
+    with pytest.raises(VectorIndexError, match="serves space"):
+        serving.drop_generation("s", new.number)
+    serving.switch("s", 1)  # rollback
+    assert ids(serving, old[0].vector, k=1) == ["old0"]
+    serving.switch("s", new.number)
+    serving.drop_generation("s", 1)
+    assert [g.number for g in serving.generations("s")] == [2]
+    serving.close()
+
+
+def test_a_qdrant_collection_from_before_generations_keeps_working(tmp_path: Path) -> None:
+    from qdrant_client import QdrantClient, models
+
+    from xmodal.indexer import QdrantIndex
+
+    client = QdrantClient(":memory:")
+    client.create_collection("t_s", vectors_config=models.VectorParams(size=DIM, distance=models.Distance.COSINE))
+    index = QdrantIndex(client, collection_prefix="t")
+    index.ensure_collection("s", DIM)
+    index.upsert("s", points(5))
+    assert index.serving_generation("s").number == 0 and index.count("s") == 5
+    new = index.create_generation("s", DIM)
+    index.mark_ready("s", new.number)
+    with pytest.raises(VectorIndexError, match="drop_legacy"):
+        index.switch("s", new.number)
+    assert index.count("s") == 5
+    index.switch("s", new.number, drop_legacy=True)
+    assert index.serving_generation("s").number == new.number and index.count("s") == 0
+    index.close()

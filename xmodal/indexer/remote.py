@@ -32,7 +32,9 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 
 from xmodal.errors import DimensionMismatch, VectorIndexError, XmodalError
 from xmodal.indexer import _common as common
+from xmodal.indexer import remote_generations
 from xmodal.indexer.base import Hit, IndexPoint, point_id
+from xmodal.indexer.generations import Generation
 from xmodal.indexer.settings import IndexSettings, describe_changes
 
 __all__ = ["QdrantIndex", "RetryPolicy"]
@@ -79,9 +81,13 @@ class QdrantIndex:
         retry: RetryPolicy = RetryPolicy(),
         batch_size: int = 256,
         index_settings: IndexSettings | None = None,
+        pin: Mapping[str, int] | None = None,
     ) -> None:
+        """`pin`: {space: generation} to read and write that generation's collection instead of the
+        alias (a writer of a new generation)."""
         self._client = client
         self._index_settings = index_settings or IndexSettings()
+        self._pin = dict(pin or {})
 
         self._prefix = collection_prefix
         self._retry = retry
@@ -105,18 +111,10 @@ class QdrantIndex:
         name = self.collection(space)
         common.check_dim(dim)
         if not self._call("collection_exists", name, self._client.collection_exists):
-            try:
-                self._call(
-                    "create_collection",
-                    name,
-                    self._client.create_collection,
-                    vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
-                    **collection_config(self._index_settings),
-                )
-            except VectorIndexError:
-                # Another worker may have created it since we looked; then check it like any other.
-                if not self._call("collection_exists", name, self._client.collection_exists):
-                    raise
+            if space in self._pin:
+                raise VectorIndexError(f"generation collection {name!r} does not exist at {self._where}; create_generation first")
+            # A new space: generation 1 behind the alias `name` (xmodal.indexer.remote_generations).
+            remote_generations.create_space(self, space, dim)
         stored = self._stored_dim(space)
         if stored != dim:
             raise DimensionMismatch(
@@ -210,8 +208,39 @@ class QdrantIndex:
             self._client.close()
 
     def collection(self, space: str) -> str:
-        """The Qdrant collection that holds `space`."""
-        return f"{self._prefix}_{common.check_space(space)}"
+        """The Qdrant collection (an alias of the serving generation's) that holds `space`."""
+        base = f"{self._prefix}_{common.check_space(space)}"
+        pinned = self._pin.get(space)
+        return base if pinned is None else remote_generations.collection_name(base, pinned)
+
+    # -- generations (xmodal.indexer.remote_generations: collection aliases) ------------------
+
+    def generations(self, space: str) -> list[Generation]:
+        return remote_generations.generations(self, space)
+
+    def serving_generation(self, space: str) -> Generation:
+        return remote_generations.serving_generation(self, space)
+
+    def create_generation(
+        self,
+        space: str,
+        dim: int,
+        *,
+        model: str | None = None,
+        settings: IndexSettings | Mapping[str, Any] | None = None,
+        origin: str = "reindex",
+    ) -> Generation:
+        return remote_generations.create_generation(self, space, dim, model=model, settings=settings, origin=origin)
+
+    def mark_ready(self, space: str, generation: int) -> Generation:
+        return remote_generations.mark_ready(self, space, generation)
+
+    def switch(self, space: str, generation: int, *, drop_legacy: bool = False) -> None:
+        remote_generations.switch(self, space, generation, drop_legacy=drop_legacy)
+        self._dims.pop(space, None)
+
+    def drop_generation(self, space: str, generation: int) -> None:
+        remote_generations.drop_generation(self, space, generation)
 
     def scroll(self, space: str, offset: Any, limit: int) -> tuple[list[Any], Any]:
         """One page of the space's points with payloads, no vectors (ids in order), and the offset

@@ -1,0 +1,212 @@
+"""Index generations on a Qdrant server: one collection per generation behind an alias.
+
+The same idea as the embedded layout (xmodal.indexer.generations), with Qdrant's own atomic switch:
+
+    alias       <prefix>_<space>            what every search and write of a serving process names
+    collection  <prefix>_<space>__g000001   a generation; its collection metadata records
+                                            {"xmodal": {"generation", "dim", "model", "settings",
+                                                        "state", "origin", "created_at"}}
+
+`switch` repoints the alias in one `update_collection_aliases` call (delete + create, applied
+atomically by the server), so every process follows at once and no request fails. A writer of a new
+generation uses `QdrantIndex(client, prefix, pin={space: n})`. Collection metadata needs Qdrant 1.16+.
+
+Collections made before generations (a real collection named `<prefix>_<space>`) keep working as
+generation 0. An alias cannot take the name of a collection, so the first switch away from one
+deletes it (`drop_legacy=True`: no rollback to it, and requests in the moment between the delete and
+the alias fail once and are retried by the caller's policy).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from qdrant_client import models
+
+from xmodal.errors import VectorIndexError
+from xmodal.indexer import _common as common
+from xmodal.indexer.generations import Generation
+from xmodal.indexer.settings import IndexSettings
+
+if TYPE_CHECKING:
+    from xmodal.indexer.remote import QdrantIndex
+
+__all__ = ["collection_name", "create_generation", "create_space", "drop_generation", "generations", "switch"]
+
+META_KEY = "xmodal"
+LEGACY_GENERATION = 0
+
+
+def collection_name(base: str, number: int) -> str:
+    return f"{base}__g{number:06d}"
+
+
+def _base(index: QdrantIndex, space: str) -> str:
+    return f"{index._prefix}_{common.check_space(space)}"
+
+
+def _plain(index: QdrantIndex, op: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """A client call that takes no collection name, under the index's retry policy."""
+    return index._call(op, "(cluster)", lambda _name, *a, **k: fn(*a, **k), *args, **kwargs)
+
+
+def _aliases(index: QdrantIndex) -> dict[str, str]:
+    response = _plain(index, "get_aliases", index._client.get_aliases)
+    return {a.alias_name: a.collection_name for a in response.aliases}
+
+
+def _collections(index: QdrantIndex) -> list[str]:
+    return [c.name for c in _plain(index, "get_collections", index._client.get_collections).collections]
+
+
+def _describe(index: QdrantIndex, space: str, name: str, number: int) -> Generation:
+    info = index._call("get_collection", name, index._client.get_collection)
+    meta = dict((info.config.metadata or {}).get(META_KEY) or {})
+    params = info.config.params.vectors
+    dim = params.size if isinstance(params, models.VectorParams) else 0
+    return Generation(
+        space=space,
+        number=number,
+        dim=int(meta.get("dim", dim)),
+        path=Path(name),  # on a server: the collection's name
+        model=meta.get("model"),
+        settings=meta.get("settings"),
+        state=meta.get("state", "ready"),
+        origin=meta.get("origin", "space"),
+        created_at=float(meta.get("created_at", 0.0)),
+        indexed_points=int(info.indexed_vectors_count or 0),
+    )
+
+
+def generations(index: QdrantIndex, space: str) -> list[Generation]:
+    base = _base(index, space)
+    pattern = re.compile(re.escape(base) + r"__g(\d{6})$")
+    found = []
+    for name in _collections(index):
+        if name == base:
+            found.append(_describe(index, space, name, LEGACY_GENERATION))
+        elif match := pattern.match(name):
+            found.append(_describe(index, space, name, int(match.group(1))))
+    return sorted(found, key=lambda g: g.number)
+
+
+def serving_generation(index: QdrantIndex, space: str) -> Generation:
+    base = _base(index, space)
+    target = _aliases(index).get(base)
+    if target is None:
+        if base in _collections(index):
+            return _describe(index, space, base, LEGACY_GENERATION)
+        raise VectorIndexError(f"space {space!r} has no collection {base!r} at {index._where}")
+    match = re.search(r"__g(\d{6})$", target)
+    if match is None:
+        raise VectorIndexError(f"alias {base!r} at {index._where} names {target!r}, which is no xmodal generation")
+    return _describe(index, space, target, int(match.group(1)))
+
+
+def create_generation(
+    index: QdrantIndex,
+    space: str,
+    dim: int,
+    *,
+    model: str | None,
+    settings: IndexSettings | Mapping[str, Any] | None,
+    origin: str,
+    state: str = "building",
+    number: int | None = None,
+) -> Generation:
+    common.check_dim(dim)
+    base = _base(index, space)
+    if number is None:
+        taken = [g.number for g in generations(index, space)]
+        number = max([*taken, LEGACY_GENERATION]) + 1
+    name = collection_name(base, number)
+    build = settings if isinstance(settings, IndexSettings) else index._index_settings
+    record = settings.to_dict() if isinstance(settings, IndexSettings) else (dict(settings) if settings else None)
+    meta = {
+        "generation": number,
+        "dim": dim,
+        "model": model,
+        "settings": record,
+        "state": state,
+        "origin": origin,
+        "created_at": time.time(),
+    }
+    from xmodal.indexer.remote import collection_config
+
+    index._call(
+        "create_collection",
+        name,
+        index._client.create_collection,
+        vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+        metadata={META_KEY: meta},
+        **collection_config(build),
+    )
+    return _describe(index, space, name, number)
+
+
+def create_space(index: QdrantIndex, space: str, dim: int) -> None:
+    """Generation 1 and the alias onto it, for a space that has no collection yet."""
+    base = _base(index, space)
+    name = collection_name(base, 1)
+    try:
+        if not index._call("collection_exists", name, index._client.collection_exists):
+            create_generation(index, space, dim, model=None, settings=None, origin="space", state="ready", number=1)
+        _plain(
+            index,
+            "update_collection_aliases",
+            index._client.update_collection_aliases,
+            change_aliases_operations=[
+                models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=name, alias_name=base))
+            ],
+        )
+    except VectorIndexError:
+        # Another worker may have created it since we looked; then check it like any other.
+        if not index._call("collection_exists", base, index._client.collection_exists):
+            raise
+
+
+def mark_ready(index: QdrantIndex, space: str, number: int) -> Generation:
+    name = collection_name(_base(index, space), number)
+    generation = _describe(index, space, name, number)
+    meta = {**_meta(generation), "state": "ready"}
+    index._call("update_collection", name, index._client.update_collection, metadata={META_KEY: meta})
+    return _describe(index, space, name, number)
+
+
+def switch(index: QdrantIndex, space: str, number: int, *, drop_legacy: bool) -> None:
+    base = _base(index, space)
+    name = collection_name(base, number)
+    target = _describe(index, space, name, number)
+    if target.state != "ready":
+        raise VectorIndexError(f"generation {number} of space {space!r} is still building; mark_ready first")
+    operations: list[Any] = []
+    if base in _aliases(index):
+        operations.append(models.DeleteAliasOperation(delete_alias=models.DeleteAlias(alias_name=base)))
+    elif base in _collections(index):
+        if not drop_legacy:
+            raise VectorIndexError(
+                f"collection {base!r} at {index._where} predates generations and an alias cannot take its name: "
+                f"switching deletes it (no rollback to it); pass drop_legacy=True to do so"
+            )
+        index._call("delete_collection", base, index._client.delete_collection)
+    operations.append(models.CreateAliasOperation(create_alias=models.CreateAlias(collection_name=name, alias_name=base)))
+    _plain(index, "update_collection_aliases", index._client.update_collection_aliases, change_aliases_operations=operations)
+
+
+def drop_generation(index: QdrantIndex, space: str, number: int) -> None:
+    base = _base(index, space)
+    name = base if number == LEGACY_GENERATION else collection_name(base, number)
+    if _aliases(index).get(base) == name or (number == LEGACY_GENERATION and base not in _aliases(index)):
+        raise VectorIndexError(f"generation {number} serves space {space!r}; switch to another one first")
+    index._call("delete_collection", name, index._client.delete_collection)
+
+
+def _meta(generation: Generation) -> dict[str, Any]:
+    record = generation.manifest()
+    record.pop("space", None)
+    record.pop("indexed_points", None)
+    return record
