@@ -190,3 +190,33 @@ def test_auto_build_only_for_an_embedded_index_and_a_threshold(tmp_path: Path) -
     assert isinstance(started, AutoBuild)
     started.stop()
     index.close()
+
+
+def test_the_build_stall_benchmark_runs_and_reports_ratios() -> None:
+    """benchmarks/build_stall.py --quick: every phase measured, ratios against the idle phase."""
+    import json
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "benchmarks" / "build_stall.py"), "--quick", "--json"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    report = json.loads(done.stdout)
+    phases = {p["name"]: p for p in report["phases"]}
+    assert list(phases) == [
+        "idle (exact scan)",
+        "during background build",
+        "after the switch (HNSW)",
+        "during in-process optimize()",
+    ]
+    assert all(p["searches"] > 0 for p in phases.values())
+    assert phases["idle (exact scan)"]["p99_vs_idle"] == 1.0
+    idle = phases["idle (exact scan)"]["p99_ms"]
+    background = phases["during background build"]
+    assert background["p99_vs_idle"] == pytest.approx(background["p99_ms"] / idle)
+    assert report["indexed_vectors"] == report["points"]

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from pathlib import Path
 
@@ -102,6 +103,19 @@ def test_a_serving_index_follows_a_switch_made_elsewhere(tmp_path: Path) -> None
     serving = EdgeIndex(tmp_path, watch_interval_s=0.05)
     serving.ensure_collection("s", DIM)
     serving.upsert("s", points(10, prefix="old"))
+    failures: list[BaseException] = []
+    stop = threading.Event()
+
+    def search_loop() -> None:  # searches all through the switch: none may fail
+        while not stop.is_set():
+            try:
+                assert len(serving.search("s", np.ones(DIM, np.float32), k=3)) == 3
+            except BaseException as e:  # noqa: BLE001 - asserted on below
+                failures.append(e)
+                return
+
+    searcher = threading.Thread(target=search_loop, daemon=True)
+    searcher.start()
     other = EdgeIndex(tmp_path)  # e.g. a reindex process: it never opens the serving generation
     new = other.create_generation("s", DIM, model="m2")
     writer = EdgeIndex(tmp_path, pin={"s": new.number})
@@ -119,6 +133,9 @@ def test_a_serving_index_follows_a_switch_made_elsewhere(tmp_path: Path) -> None
         assert time.monotonic() < deadline, "the serving index never followed the switch"
         time.sleep(0.05)
     assert serving.count("s") == 10
+    stop.set()
+    searcher.join()
+    assert not failures, failures[0]
     serving.close()
     other.close()
 

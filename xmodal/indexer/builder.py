@@ -91,6 +91,8 @@ class Build:
         self._stream_error: BaseException | None = None
         self._streamer: threading.Thread | None = None
         self._started = 0.0
+        self._abandon_lock = threading.Lock()
+        self._abandoned = False
         self._source: int | None = None  # the serving generation the snapshot is taken from
         self._out: IO[bytes] | None = None
         self._err: IO[bytes] | None = None
@@ -193,7 +195,7 @@ class Build:
             _send(pipe, orjson.dumps(header))
             offset: Any = None
             while True:
-                records, offset = self._index.scroll(self._space, offset, self._page)
+                records, offset = self._index.scroll(self._space, offset, self._page, with_vectors=True)
                 if records:
                     ids = [r.id for r in records]
                     vectors = np.asarray([r.vector for r in records], dtype=np.float32)
@@ -222,6 +224,10 @@ class Build:
             self._journal_cm = None
 
     def _abandon(self) -> None:
+        with self._abandon_lock:  # cancel() (another thread) and a failing wait() may both get here
+            if self._abandoned:
+                return
+            self._abandoned = True
         self._close_journal()
         process = self._process
         if process is not None and process.poll() is None:

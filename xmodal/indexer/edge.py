@@ -34,6 +34,8 @@ in-process (minutes at 100k points; a collection of a few thousand points is lef
 stays exact) and blocks; the binding holds the GIL for the whole build, which stops every other
 Python thread of the process, Kafka heartbeats included. Run it from a maintenance command while
 the worker is stopped: a shard directory can be open in one process only (its log is file-locked).
+A serving process never calls it: `xmodal up` builds a new generation in a builder process and
+switches to it (xmodal.indexer.builder).
 
 Threads: one EdgeIndex may be shared by the ingest agents and the query consumer. The engine
 locks internally (a mutex on the log, a read-write lock on the segments), so searches, upserts and
@@ -123,7 +125,7 @@ class EdgeIndex:
         self._closed = False
         self._watch: dict[str, tuple[float, tuple[int, int, int] | None]] = {}  # space: (checked at, stamp)
         self._switching: set[str] = set()  # spaces whose next generation is being opened
-        self._write_gates: dict[str, threading.Lock] = {}  # one writer at a time per space (journal order)
+        self._write_gates: dict[str, threading.RLock] = {}  # one writer at a time per space (journal order)
         self._journals: dict[str, list[qe.UpdateOperation]] = {}  # writes a background build replays
 
     # -- protocol ---------------------------------------------------------------------------
@@ -333,9 +335,12 @@ class EdgeIndex:
                 if self._journals.get(space) is entries:
                     del self._journals[space]
 
-    def scroll(self, space: str, offset: Any, limit: int) -> tuple[list[qe.Record], Any]:
-        """One page of the serving generation's points with vectors and payloads (ids in order)."""
-        request = qe.ScrollRequest(offset=offset, limit=limit, with_vector=True, with_payload=True)
+    def scroll(
+        self, space: str, offset: Any, limit: int, *, with_vectors: bool = False
+    ) -> tuple[list[qe.Record], Any]:
+        """One page of the space's points with payloads (ids in order; vectors `with_vectors`) and the
+        offset of the next page (None after the last), like QdrantIndex.scroll."""
+        request = qe.ScrollRequest(offset=offset, limit=limit, with_vector=with_vectors, with_payload=True)
         with self._lease(space) as shard:
             return self._call(space, "scroll", shard.engine.scroll, request)
 
@@ -750,21 +755,4 @@ def _read_manifest(manifest: Path) -> dict[str, Any]:
 def _write_manifest(manifest: Path, record: dict[str, Any]) -> None:
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, manifest)  # atomic: a reader never sees half a manifest
-
-
-def _read_dim(manifest: Path) -> int:
-    try:
-        dim = json.loads(manifest.read_text())["dim"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise VectorIndexError(f"cannot read {manifest}: {e}") from e
-    if not isinstance(dim, int) or dim < 1:
-        raise VectorIndexError(f"{manifest} records an invalid dimension {dim!r}")
-    return dim
-
-
-def _write_dim(manifest: Path, space: str, dim: int) -> None:
-    manifest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = manifest.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"space": space, "dim": dim, "distance": "cosine"}) + "\n")
     os.replace(tmp, manifest)  # atomic: a reader never sees half a manifest
