@@ -560,6 +560,82 @@ def verify(
 
 
 @app.command()
+def reindex(
+    space: Annotated[str, typer.Argument(help="The space to rebuild from the media topic, e.g. mini.")],
+    drop_old: Annotated[bool, typer.Option("--drop-old", help="Drop the old generation after the switch (no rollback).")] = False,
+    restart: Annotated[bool, typer.Option("--restart", help="Start over instead of resuming an unfinished reindex.")] = False,
+    list_: Annotated[bool, typer.Option("--list", help="List the space's generations and exit.")] = False,
+    drop: Annotated[int | None, typer.Option("--drop", help="Drop generation GEN (not the serving one) and exit.")] = None,
+    rollback: Annotated[bool, typer.Option("--rollback", help="Serve the previous generation again and exit.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+    data_dir: DataDir = None,
+    kafka_bootstrap: Bootstrap = None,
+    qdrant_url: QdrantUrl = None,
+) -> None:
+    """Rebuild a space into a new index generation by replaying the media topic (this process's model,
+    weights and index settings) while it serves, then switch to it (docs/operations.md#re-indexing).
+
+    Exit status: 0 switched (or listed/dropped/rolled back), 1 failed (the serving generation is untouched;
+    a rerun resumes), 2 refused (settings, no broker, another reindex of the space running)."""
+    from xmodal.errors import ConfigError as Refused
+    from xmodal.streams import reindex as rx
+
+    settings = _settings(data_dir=data_dir, kafka_bootstrap=kafka_bootstrap, qdrant_url=qdrant_url)
+    try:
+        if list_:
+            rows = rx.list_generations(settings, space)
+            if as_json:
+                sys.stdout.buffer.write(orjson.dumps(rows, option=orjson.OPT_INDENT_2) + b"\n")
+            for row in [] if as_json else rows:
+                mark = "*" if row["serving"] else " "
+                out.print(f"{mark} g{row['generation']:06d} {row['state']:8} {row['origin']:8} {row['model']}", highlight=False)
+            return
+        if drop is not None:
+            rx.drop_generation(settings, space, drop)
+            out.print(f"space {space}: generation {drop} dropped")
+            return
+        bootstrap = _bootstrap_or_fail(settings)
+        if rollback:
+            number = rx.rollback(settings, bootstrap, space)
+            out.print(f"space {space}: generation {number} serves again; live workers replay what it missed")
+            return
+        result = _run_reindex(settings, bootstrap, space, restart=restart, drop_old=drop_old)
+    except Refused as e:
+        _fail(e.message, 2)
+    except XmodalError as e:
+        _fail(f"{e.message} (the serving generation is untouched; run it again to resume)")
+    if as_json:
+        sys.stdout.buffer.write(orjson.dumps(result.__dict__, option=orjson.OPT_INDENT_2 | orjson.OPT_NON_STR_KEYS) + b"\n")
+        return
+    kept = (
+        f"generation {result.previous} dropped"
+        if result.dropped is not None
+        else f"generation {result.previous} kept for rollback (--rollback; --drop {result.previous} to remove it)"
+    )
+    out.print(
+        f"space {space}: generation {result.generation} serves now ({'resumed, ' if result.resumed else ''}"
+        f"{result.events} events replayed in {result.seconds:.1f} s: {result.indexed} indexed, {result.deleted} deleted, "
+        f"{result.dead} failed{', HNSW built' if result.optimized else ''}); {kept}",
+        highlight=False,
+    )
+
+
+def _run_reindex(settings: Settings, bootstrap: str, space: str, **options: Any) -> Any:
+    from tqdm import tqdm
+
+    from xmodal.streams.reindex import Reindexer
+
+    with tqdm(desc=f"reindex {space}", unit="ev", file=sys.stderr, disable=None) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.n = done
+            bar.refresh()
+
+        return Reindexer(settings, bootstrap, space, progress=progress, **options).run()
+
+
+@app.command()
 def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
     """Build the HNSW index of the embedded index (run while xmodal up / worker is stopped).
 

@@ -4,7 +4,7 @@ and waiting until the ingest group has committed the end of the media topic."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import orjson
@@ -34,8 +34,9 @@ def text_event(item_id: str, text: str, **extra: Any) -> bytes:
     return orjson.dumps({"id": item_id, "modality": "text", "text": text, **extra})
 
 
-def group_caught_up(settings: Settings, broker: str, group: str | None = None) -> bool:
-    ends = end_offsets(settings, broker, settings.media_topic)
+def group_caught_up(settings: Settings, broker: str, group: str | None = None, ends: Mapping[int, int] | None = None) -> bool:
+    """The group committed up to `ends` (default: the end of the media topic now)."""
+    ends = ends if ends is not None else end_offsets(settings, broker, settings.media_topic)
     committed = committed_offsets(settings, broker, settings.media_topic, group or ingest_group(settings))
     return all(committed.get(p, 0) >= end for p, end in ends.items())
 

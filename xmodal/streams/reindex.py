@@ -1,0 +1,494 @@
+"""`xmodal reindex SPACE`: rebuild a space from the log into a new generation while it serves.
+
+1. A new generation of the space is created (state "building", origin "reindex", this process's
+   model fingerprint and index settings), beside the serving one, which goes on serving.
+2. The media topic is replayed from its start with a consumer group of its own,
+   `<prefix>.reindex.<space>.g<generation>`, through the same pipeline as live ingest (this
+   process's encoder: new model, weights or index settings), offsets committed after each write.
+3. When every partition is caught up (position = end of the log), a large generation gets its HNSW
+   graph (`optimize`, in this process, which is not the serving one), the topic is caught up again,
+   and writing stops.
+4. The handoff offsets S_p (the first event not written, per partition) and the live group's
+   committed offsets are recorded in the generation's manifest; it is marked ready and the durable
+   pointer moves to it (one atomic rename). Queries and live writes follow within about a second;
+   the live workers replay [S_p, their position) into it first (xmodal/streams/handoff.py, where
+   the argument that nothing is lost or left stale is written down).
+5. The old generation stays for rollback (`--rollback`) until dropped (`--drop-old`, `--drop N`).
+
+Killed at any moment before step 4's rename, the serving generation was never touched. A rerun finds
+the unfinished generation and its group's committed offsets and resumes (the generation holds every
+event below them, since offsets commit after writes), or starts over when the model or settings
+differ or `--restart` is given. One reindex of a space at a time: a second one is refused (a file
+lock beside the embedded index). Embedded storage is written by one process per generation, so one
+reindex process fills it; a Qdrant server would let several split the partitions, which needs the
+generation layer on qdrant-client (not yet there: reindex refuses server mode with a clear message).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from xmodal.config import Settings
+from xmodal.errors import BrokerError, ConfigError, VectorIndexError, XmodalError
+from xmodal.streams.handoff import HANDOFF_KEY, to_record
+from xmodal.streams.kafka import consumer_config
+from xmodal.streams.logread import committed_offsets, end_offsets, ingest_group
+
+__all__ = [
+    "JOB_KEY",
+    "REINDEX_ORIGIN",
+    "ReindexLock",
+    "ReindexResult",
+    "Reindexer",
+    "drop_generation",
+    "list_generations",
+    "reindex_group",
+    "rollback",
+]
+
+log = logging.getLogger(__name__)
+
+REINDEX_ORIGIN = "reindex"
+JOB_KEY = "reindex"  # in the generation's manifest: {"group", "switched", "started_at", "pid"}
+ASSIGN_TIMEOUT_S = 60.0
+DROP_WAIT_S = 30.0  # how long --drop-old waits for the serving processes to leave the old generation
+
+Progress = Callable[[int, int], None]  # (events done, events to do) as the log grows
+
+
+def reindex_group(settings: Settings, space: str, generation: int) -> str:
+    return f"{settings.topic_prefix}.reindex.{space}.g{generation:06d}"
+
+
+@dataclass
+class ReindexResult:
+    space: str
+    generation: int
+    previous: int
+    resumed: bool
+    events: int = 0
+    indexed: int = 0
+    deleted: int = 0
+    dead: int = 0
+    seconds: float = 0.0
+    optimized: bool = False
+    dropped: int | None = None
+    handoff: dict[int, int] = field(default_factory=dict)
+
+
+class ReindexLock:
+    """One reindex of a space at a time, per data dir: an flock, gone with its process."""
+
+    def __init__(self, data_dir: Path, space: str) -> None:
+        self._path = data_dir / f"reindex-{space}.lock"
+        self._space = space
+        self._file: IO[str] | None = None
+
+    def acquire(self) -> ReindexLock:
+        self._path.parent.mkdir(parents=True, exist_ok=True)
+        handle = self._path.open("a+")
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            owner = handle.read().strip() or "?"
+            handle.close()
+            raise ConfigError(
+                f"a reindex of space {self._space!r} is already running (pid {owner}, lock {self._path}); "
+                "wait for it to finish, or stop it (a rerun resumes it)",
+                code="reindex_running",
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._file = handle
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            fcntl.flock(self._file, fcntl.LOCK_UN)
+            self._file.close()
+            self._file = None
+
+
+def _require_embedded(settings: Settings) -> None:
+    if not settings.embedded_index:
+        raise ConfigError(
+            "xmodal reindex needs index generations, which the embedded index has and the qdrant-client "
+            "backend does not have yet (docs/operations.md#re-indexing); unset XMODAL_QDRANT_URL to "
+            "reindex an embedded index",
+            code="reindex_unsupported",
+        )
+
+
+def _root(settings: Settings) -> Path:
+    return settings.data_dir / "index"
+
+
+def _manifest(generation: Any) -> dict[str, Any]:
+    from xmodal.indexer.generations import GENERATION_MANIFEST
+
+    try:
+        record = json.loads((generation.path / GENERATION_MANIFEST).read_text())
+    except (OSError, ValueError) as e:
+        raise VectorIndexError(f"cannot read the manifest of generation {generation.number}: {e}") from e
+    return record if isinstance(record, dict) else {}
+
+
+def _update_manifest(generation: Any, **keys: Any) -> None:
+    """Add keys to a generation's manifest, atomically (the generation layer keeps keys it does not own)."""
+    from xmodal.indexer.generations import GENERATION_MANIFEST
+
+    path = generation.path / GENERATION_MANIFEST
+    record = _manifest(generation)
+    record.update(keys)
+    tmp = path.with_name(path.name + ".reindex.tmp")
+    with tmp.open("w") as f:
+        f.write(json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class Reindexer:
+    """One run of `xmodal reindex SPACE` (the module docstring). Not thread-safe; run() once."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        bootstrap: str,
+        space: str,
+        *,
+        restart: bool = False,
+        drop_old: bool = False,
+        progress: Progress | None = None,
+        before_switch: Callable[[], None] | None = None,
+        encoder: Any = None,
+    ) -> None:
+        """`before_switch`: called once writing has stopped, right before the switch (tests use it
+        to write events that only the live workers' handoff can bring into the new generation). `encoder`: encode with this one instead of
+        the one the settings build for the space (e.g. other weights of the same space)."""
+        self._settings = settings
+        self._bootstrap = bootstrap
+        self._space = space
+        self._restart = restart
+        self._drop_old = drop_old
+        self._progress = progress or (lambda _done, _total: None)
+        self._before_switch = before_switch
+        self._encoder = encoder
+
+    def run(self) -> ReindexResult:
+        from xmodal.encoders.registry import build_space
+
+        settings, space = self._settings, self._space
+        _require_embedded(settings)
+        encoder = self._encoder or build_space(space, settings)  # an unknown space fails here, listing the valid ones
+        lock = ReindexLock(settings.data_dir, space).acquire()
+        try:
+            return self._run(encoder)
+        finally:
+            lock.release()
+
+    # -- the steps --------------------------------------------------------------------------------
+
+    def _run(self, encoder: Any) -> ReindexResult:
+        from xmodal.encoders.fingerprint import fingerprint_of
+        from xmodal.indexer.edge import EdgeIndex
+        from xmodal.indexer.settings import IndexSettings
+
+        settings, space = self._settings, self._space
+        started = time.monotonic()
+        index_settings = IndexSettings.from_settings(settings)
+        registry = EdgeIndex(_root(settings), index_settings=index_settings)  # opens nothing: manifests only
+        try:
+            serving = registry.serving_generation(space)
+        except VectorIndexError as e:
+            raise ConfigError(f"space {space!r} has no index to rebuild yet under {_root(settings)}: {e.message}") from e
+        model = fingerprint_of(encoder)
+        target, resumed = self._resume_or_create(registry, serving, encoder.dim, model, index_settings)
+        result = ReindexResult(space, target.number, serving.number, resumed)
+        log.info(
+            "space %r: %s generation %d (model %s) beside serving generation %d",
+            space, "resuming" if resumed else "building", target.number, model, serving.number,
+        )
+        index = EdgeIndex(_root(settings), index_settings=index_settings, pin={space: target.number})
+        try:
+            index.ensure_collection(space, encoder.dim)  # creates (or opens) the new generation's shard
+            pipeline = self._pipeline(encoder, index, index_settings)
+            pipeline.start()
+            group = reindex_group(settings, space, target.number)
+            _update_manifest(target, **{JOB_KEY: {"group": group, "switched": False, "pid": os.getpid(), "started_at": time.time()}})
+            with _GroupReader(settings, self._bootstrap, group) as reader:
+                self._catch_up(reader, pipeline, result)
+                if index.count(space) >= max(settings.optimize_after_points, 1) and settings.optimize_after_points:
+                    log.info("space %r: building the HNSW graph of generation %d before the switch", space, target.number)
+                    index.optimize(space)
+                    result.optimized = True
+                    self._catch_up(reader, pipeline, result)
+                handoff = reader.positions()
+            # Writing has stopped: record the handoff, then move the pointer.
+            if self._before_switch is not None:
+                self._before_switch()
+            live = committed_offsets(settings, self._bootstrap, settings.media_topic, ingest_group(settings))
+            result.handoff = handoff
+            _update_manifest(
+                target,
+                **{
+                    HANDOFF_KEY: {
+                        "topic": settings.media_topic,
+                        "offsets": {str(p): o for p, o in handoff.items()},
+                        "live_committed": {str(p): o for p, o in live.items()},
+                        "switched_at": time.time(),
+                    }
+                },
+            )
+            index.mark_ready(space, target.number)
+            index.switch(space, target.number)  # pinned: flushes the shard, then the atomic rename
+            _update_manifest(registry.serving_generation(space), **{JOB_KEY: {"group": group, "switched": True}})
+        finally:
+            index.close()  # the serving processes can open the new generation from now on
+        if self._drop_old:
+            result.dropped = _drop_when_left(registry, space, serving.number)
+        result.seconds = time.monotonic() - started
+        return result
+
+    def _resume_or_create(self, registry: Any, serving: Any, dim: int, model: str, index_settings: Any) -> tuple[Any, bool]:
+        space = self._space
+        unfinished = [
+            g
+            for g in registry.generations(space)
+            if g.origin == REINDEX_ORIGIN and g.number > serving.number and not _manifest(g).get(JOB_KEY, {}).get("switched", True)
+        ]
+        resumable = None
+        for generation in sorted(unfinished, key=lambda g: g.number):
+            same = generation.model == model and generation.settings == index_settings.to_dict() and generation.dim == dim
+            if same and not self._restart:
+                if resumable is not None:
+                    _drop_quietly(registry, space, resumable.number)
+                resumable = generation
+            else:
+                _drop_quietly(registry, space, generation.number)
+        if resumable is not None:
+            return resumable, True
+        created = registry.create_generation(space, dim, model=model, settings=index_settings, origin=REINDEX_ORIGIN)
+        # No switch marker yet means "unfinished": record it before anything is written into it.
+        _update_manifest(created, **{JOB_KEY: {"group": reindex_group(self._settings, space, created.number), "switched": False}})
+        return created, False
+
+    def _pipeline(self, encoder: Any, index: Any, index_settings: Any) -> Any:
+        from xmodal.encoders.media import MediaLimits
+        from xmodal.indexer.provenance import settings_tag
+        from xmodal.streams.pipeline import IngestPipeline
+        from xmodal.thumbnails import ThumbnailSpec
+
+        return IngestPipeline(
+            {self._space: encoder},
+            index,
+            MediaLimits.from_settings(self._settings),
+            max_decoded_bytes=self._settings.batch_max_decoded_bytes,
+            thumbnails=ThumbnailSpec.from_settings(self._settings),
+            index_settings=settings_tag(index_settings),
+        )
+
+    def _catch_up(self, reader: _GroupReader, pipeline: Any, result: ReindexResult) -> None:
+        """Write what the group has not written yet, until every partition is at the end of the log."""
+        settings = self._settings
+        ends = end_offsets(settings, self._bootstrap, settings.media_topic)
+        while True:
+            records = reader.take(settings.batch_size, settings.batch_window_ms / 1000)
+            if records:
+                batch = pipeline.process(records)  # dead letters: already in the DLQ from live ingest
+                reader.commit()
+                result.events += len(records)
+                result.indexed += batch.indexed
+                result.deleted += batch.deleted
+                result.dead += len(batch.dead)
+            positions = reader.positions()
+            self._progress(sum(min(positions.get(p, 0), e) for p, e in ends.items()), sum(ends.values()))
+            if len(records) < settings.batch_size and all(positions.get(p, 0) >= e for p, e in ends.items()):
+                ends = end_offsets(settings, self._bootstrap, settings.media_topic)  # the log grew meanwhile?
+                if all(positions.get(p, 0) >= e for p, e in ends.items()):
+                    return
+
+
+class _GroupReader:
+    """The reindex group's consumer: all partitions of the media topic, from the committed offsets."""
+
+    def __init__(self, settings: Settings, bootstrap: str, group: str) -> None:
+        self._settings = settings
+        self._topic = settings.media_topic
+        self._consumer = Consumer(
+            consumer_config(
+                settings,
+                bootstrap,
+                **{
+                    "group.id": group,
+                    "enable.auto.commit": False,
+                    "enable.auto.offset.store": False,
+                    "auto.offset.reset": "earliest",
+                    "max.poll.interval.ms": 600_000,  # an HNSW build between two polls
+                },
+            )
+        )
+        self._assigned: list[int] = []
+        self._next: dict[int, int] = {}
+
+    def __enter__(self) -> _GroupReader:
+        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self._assigned = sorted(tp.partition for tp in partitions)
+
+        try:
+            self._consumer.subscribe([self._topic], on_assign=on_assign)
+            deadline = time.monotonic() + ASSIGN_TIMEOUT_S
+            while not self._assigned:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the reindex consumer got no partition of {self._topic} within {ASSIGN_TIMEOUT_S:.0f} s")
+                for message in self._consumer.consume(num_messages=1, timeout=0.2):
+                    self._pushback = message  # kept: the first record arrives with the assignment
+            committed = self._consumer.committed([TopicPartition(self._topic, p) for p in self._assigned], timeout=10)
+        except KafkaException as e:
+            self._consumer.close()
+            raise BrokerError(f"the reindex consumer cannot read {self._topic}: {e}") from e
+        self._next = {tp.partition: max(int(tp.offset), 0) for tp in committed}
+        return self
+
+    _pushback: Any = None
+
+    def take(self, n: int, timeout_s: float) -> list[Any]:
+        messages = [self._pushback] if self._pushback is not None else []
+        self._pushback = None
+        try:
+            messages += self._consumer.consume(num_messages=n - len(messages), timeout=timeout_s)
+        except KafkaException as e:
+            raise BrokerError(f"reading {self._topic} for the reindex failed: {e}") from e
+        records = []
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    continue
+                raise BrokerError(f"reading {self._topic} for the reindex failed: {error.str()}")
+            if message.offset() < self._next.get(message.partition(), 0):
+                continue  # already written (the pushed-back first record, after a resume)
+            records.append(to_record(message))
+            self._next[message.partition()] = message.offset() + 1
+        return records
+
+    def positions(self) -> dict[int, int]:
+        """The next offset to write, per partition: everything below it is in the generation."""
+        return dict(self._next)
+
+    def commit(self) -> None:
+        offsets = [TopicPartition(self._topic, p, o) for p, o in self._next.items() if o > 0]
+        if offsets:
+            try:
+                self._consumer.commit(offsets=offsets, asynchronous=False)
+            except KafkaException as e:
+                raise BrokerError(f"committing the reindex group's offsets failed: {e}") from e
+
+    def __exit__(self, *exc: object) -> None:
+        self._consumer.close()
+
+
+def _drop_quietly(registry: Any, space: str, number: int) -> None:
+    try:
+        registry.drop_generation(space, number)
+        log.info("space %r: dropped unfinished generation %d", space, number)
+    except XmodalError as e:
+        log.warning("space %r: cannot drop unfinished generation %d: %s", space, number, e.message)
+
+
+def _drop_when_left(registry: Any, space: str, number: int, wait_s: float = DROP_WAIT_S) -> int | None:
+    """Drop the old generation once the serving processes have left it (they follow within ~1 s)."""
+    from xmodal.indexer.generations import GenerationBusy
+
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            registry.drop_generation(space, number)
+            return number
+        except GenerationBusy:
+            if time.monotonic() > deadline:
+                log.warning("space %r: generation %d is still open somewhere; drop it later with --drop %d", space, number, number)
+                return None
+            time.sleep(0.5)
+
+
+# -- the other subcommands ------------------------------------------------------------------------
+
+
+def list_generations(settings: Settings, space: str) -> list[dict[str, Any]]:
+    from xmodal.indexer.edge import EdgeIndex
+
+    _require_embedded(settings)
+    registry = EdgeIndex(_root(settings))
+    serving = registry.serving_generation(space).number
+    return [
+        {
+            "generation": g.number,
+            "serving": g.number == serving,
+            "state": g.state,
+            "origin": g.origin,
+            "model": g.model,
+            "created_at": g.created_at,
+        }
+        for g in registry.generations(space)
+    ]
+
+
+def drop_generation(settings: Settings, space: str, number: int) -> None:
+    from xmodal.indexer.edge import EdgeIndex
+
+    _require_embedded(settings)
+    with _locked(settings, space):
+        EdgeIndex(_root(settings)).drop_generation(space, number)
+
+
+def rollback(settings: Settings, bootstrap: str, space: str, to: int | None = None) -> int:
+    """Serve the previous ready generation again (or `to`), with a handoff like a reindex's: it
+    stopped receiving live writes when the space switched away from it, so the live workers replay
+    from there (the lower of the switch's handoff offsets and the live group's committed ones)."""
+    from xmodal.indexer.edge import EdgeIndex
+
+    _require_embedded(settings)
+    with _locked(settings, space):
+        registry = EdgeIndex(_root(settings))
+        current = registry.serving_generation(space)
+        ready = [g for g in registry.generations(space) if g.state == "ready" and g.number != current.number]
+        if to is not None:
+            ready = [g for g in ready if g.number == to]
+        else:
+            ready = [g for g in ready if g.number < current.number]
+        if not ready:
+            raise ConfigError(f"space {space!r} has no ready generation to roll back to (serving {current.number})")
+        target = max(ready, key=lambda g: g.number)
+        switched = _manifest(current).get(HANDOFF_KEY) or {}
+        offsets = {p: min(int(o), int((switched.get("live_committed") or {}).get(p, o))) for p, o in (switched.get("offsets") or {}).items()}
+        if not offsets:  # not a reindex switch: replay from the live group's committed offsets
+            live = committed_offsets(settings, bootstrap, settings.media_topic, ingest_group(settings))
+            offsets = {str(p): o for p, o in live.items()}
+        _update_manifest(target, **{HANDOFF_KEY: {"topic": settings.media_topic, "offsets": offsets, "switched_at": time.time()}})
+        registry.switch(space, target.number)
+        return int(target.number)
+
+
+class _locked:
+    def __init__(self, settings: Settings, space: str) -> None:
+        self._lock = ReindexLock(settings.data_dir, space)
+
+    def __enter__(self) -> None:
+        self._lock.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self._lock.release()
