@@ -134,8 +134,9 @@ class HandoffPipeline:
         first_sight = space not in self._held
         self._held[space] = number
         handoff = read_handoff(self._index, space, number)
-        self._open_handoffs.pop(space, None)
         if not handoff or handoff.get("topic") != self._media_topic:
+            # e.g. a background HNSW build, adopted with every write made meanwhile: a handoff still
+            # open carries over to it (the build copied the generation it was owed to).
             return
         age = time.time() - float(handoff.get("switched_at") or 0)
         if first_sight and age > self._window_s:
