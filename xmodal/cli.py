@@ -639,8 +639,9 @@ def _run_reindex(settings: Settings, bootstrap: str, space: str, **options: Any)
 def optimize(data_dir: DataDir = None, spaces: Spaces = None) -> None:
     """Build the HNSW index of the embedded index (run while xmodal up / worker is stopped).
 
-    qdrant-edge never builds HNSW by itself: searches are exact scans until this runs, which is
-    fine up to ~100k points per space. A Qdrant server builds its indexes itself.
+    qdrant-edge never builds HNSW by itself: searches are exact scans until a build. `xmodal up`
+    builds in the background once XMODAL_OPTIMIZE_AFTER_POINTS points are unindexed; this builds
+    now, in-process, on a stopped system. A Qdrant server builds its indexes itself.
     """
     import time
 

@@ -628,10 +628,11 @@ class EdgeIndex:
         )
 
 
-def _close_shard(shard: _Shard) -> None:
+def _close_shard(shard: _Shard, *, flush: bool = True) -> None:
     try:
         try:
-            shard.engine.flush()  # close() flushes too, but only logs a failure
+            if flush:
+                shard.engine.flush()  # close() flushes too, but only logs a failure
         finally:
             shard.engine.close()
     except Exception as e:  # the binding raises plain Exception
@@ -641,9 +642,10 @@ def _close_shard(shard: _Shard) -> None:
 
 
 def _close_quietly(space: str, shard: _Shard) -> None:
-    """Close a shard replaced by another generation; its writes are in its log either way."""
+    """Close a shard replaced by another generation. No separate flush: its writes are in its log
+    either way, and each engine call holds the GIL (a flush of a large shard is a stall)."""
     try:
-        _close_shard(shard)
+        _close_shard(shard, flush=False)
     except VectorIndexError as e:
         log.warning("space %r: %s", space, e.message)
 
