@@ -15,7 +15,7 @@ _BAD_REQUEST = (
 )
 _UNPROCESSABLE = (
     "media_empty", "invalid_base64", "media_corrupt", "image_too_many_pixels", "audio_invalid_header",
-    "audio_too_long", "unsupported_modality", "encode_error",
+    "audio_too_long", "unsupported_modality", "encode_error", "rerank_unavailable",
 )
 _FORBIDDEN = ("uri_scheme_forbidden", "uri_outside_roots", "http_disabled", "http_forbidden_address")
 
