@@ -220,3 +220,20 @@ def test_the_build_stall_benchmark_runs_and_reports_ratios() -> None:
     background = phases["during background build"]
     assert background["p99_vs_idle"] == pytest.approx(background["p99_ms"] / idle)
     assert report["indexed_vectors"] == report["points"]
+
+
+def test_a_build_drops_only_the_generation_it_replaced(tmp_path: Path) -> None:
+    index, data = serving_index(tmp_path, n=300)
+    rollback = index.serving_generation("s").number
+    newer = index.create_generation("s", DIM, model="m2")
+    writer = EdgeIndex(tmp_path / "index", index_settings=SMALL, pin={"s": newer.number})
+    writer.ensure_collection("s", DIM)
+    writer.upsert("s", data)
+    writer.close()
+    index.mark_ready("s", newer.number)
+    index.switch("s", newer.number)
+    in_progress = index.create_generation("s", DIM, model="m3")  # e.g. another reindex's
+    result = Build(index, "s").start().wait(timeout=120)
+    assert [g.number for g in index.generations("s")] == [rollback, in_progress.number, result.generation]
+    assert index.serving_generation("s").model == "m2"  # a build keeps the model fingerprint
+    index.close()

@@ -169,9 +169,8 @@ class Build:
             self._abandon()
             raise
         self._close_journal()
-        old = [g.number for g in self._index.generations(self._space) if g.number != self._generation.number]
-        for number in old:
-            self._drop_when_free(number)
+        if self._source is not None:  # only the one it replaced: others may be a reindex's, or a rollback
+            self._drop_when_free(self._source)
         return BuildResult(
             space=self._space,
             generation=self._generation.number,
