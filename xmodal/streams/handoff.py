@@ -190,7 +190,14 @@ def to_record(message: Any) -> SourceRecord:
     )
 
 
-def wrap(settings: Settings, bootstrap: str, pipeline: IngestPipeline, index: Any, spaces: Mapping[str, Any], **pipeline_options: Any) -> HandoffPipeline:
+def wrap(
+    settings: Settings,
+    bootstrap: str,
+    pipeline: IngestPipeline,
+    index: Any,
+    spaces: Mapping[str, Any],
+    **pipeline_options: Any,
+) -> HandoffPipeline:
     """The live pipeline of a Node, handoff-aware (one call in xmodal/runtime.py)."""
     from xmodal.encoders.fingerprint import fingerprint_of
     from xmodal.encoders.media import MediaLimits

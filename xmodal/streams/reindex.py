@@ -474,7 +474,8 @@ def rollback(settings: Settings, bootstrap: str, space: str, to: int | None = No
             raise ConfigError(f"space {space!r} has no ready generation to roll back to (serving {current.number})")
         target = max(ready, key=lambda g: g.number)
         switched = _manifest(current).get(HANDOFF_KEY) or {}
-        offsets = {p: min(int(o), int((switched.get("live_committed") or {}).get(p, o))) for p, o in (switched.get("offsets") or {}).items()}
+        live_then = switched.get("live_committed") or {}
+        offsets = {p: min(int(o), int(live_then.get(p, o))) for p, o in (switched.get("offsets") or {}).items()}
         if not offsets:  # not a reindex switch: replay from the live group's committed offsets
             live = committed_offsets(settings, bootstrap, settings.media_topic, ingest_group(settings))
             offsets = {str(p): o for p, o in live.items()}

@@ -195,7 +195,8 @@ def compare(
             report.pending += 1
             continue
         if expected is None or not expected.present:
-            note("extra", point.item_id, indexed_offset=point.offset, why="not in the log" if expected is None else "deleted or not of this space")
+            why = "not in the log" if expected is None else "deleted or not of this space"
+            note("extra", point.item_id, indexed_offset=point.offset, why=why)
         elif point.topic != view.topic or point.partition != expected.partition or point.offset != expected.offset:
             note("stale", point.item_id, indexed=f"{point.partition}@{point.offset}", latest=f"{expected.partition}@{expected.offset}")
         elif point.model is not None and point.model != model:
