@@ -73,6 +73,7 @@ __all__ = [
     "scene_caption_variants",
     "scene_is_heldout",
     "scene_items",
+    "scene_pairs",
     "swap_class",
     "swapped",
     "describe",
@@ -981,9 +982,11 @@ _HELDOUT_SCENES = _heldout_swap_classes()
 
 
 def swap_class(attributes: Mapping[str, Any]) -> tuple[tuple[str, str], tuple[str, str]]:
-    """The (shapes, colours) class of a scene, both sorted: the same for a scene and its twin."""
+    """The (shapes, colours) class of a scene, each pair in vocabulary order: the same for a scene and its twin."""
     (s1, c1, _), (s2, c2, _) = attributes["objects"]
-    return (tuple(sorted((s1, s2))), tuple(sorted((c1, c2))))  # type: ignore[return-value]
+    shapes = (s1, s2) if SHAPES.index(s1) < SHAPES.index(s2) else (s2, s1)
+    colours = (c1, c2) if COLOURS.index(c1) < COLOURS.index(c2) else (c2, c1)
+    return (shapes, colours)
 
 
 def scene_is_heldout(attributes: Mapping[str, Any]) -> bool:
@@ -992,7 +995,7 @@ def scene_is_heldout(attributes: Mapping[str, Any]) -> bool:
 
 
 def heldout_swap_classes() -> frozenset[tuple[tuple[str, str], tuple[str, str]]]:
-    """The held-out swap classes: ((shape, shape), (colour, colour)), each pair sorted."""
+    """The held-out swap classes: ((shape, shape), (colour, colour)), each pair in vocabulary order."""
     return _HELDOUT_SCENES
 
 
@@ -1150,30 +1153,45 @@ class BindingGallery:
         return self.scenes + self.twins + self.singles + self.ordinary
 
 
-def binding_gallery(n: int = 100, seed: int = 0, ordinary: int | None = None) -> BindingGallery:
-    """`n` held-out scenes, their `n` twins, `n` single objects and `ordinary` (default `n`) corpus
-    images (half held-out, half seen combinations, `heldout_gallery`)."""
-    scenes = scene_items(n, "heldout", seed)
-    twins, singles = [], []
-    for k, scene in enumerate(scenes):
-        _, render_seed, caption_seed = _scene_draws("heldout", seed, k)
+def scene_pairs(n: int, split: Split = "train", seed: int = 0, start: int = 0) -> list[tuple[Item, Item]]:
+    """Scenes `start .. start+n-1` of `split` (as `scene_items`) with their twins: the same layout,
+    sizes, angles and background drawn from the scene's own random stream, the colours exchanged."""
+    out = []
+    for scene in scene_items(n, split, seed, start):
+        index = int(scene.id.rsplit("/", 1)[1])
+        _, render_seed, caption_seed = _scene_draws(split, seed, index)
         twin = swapped(scene.attributes)
-        twins.append(
-            Item(
-                id=scene.id.replace("scene/", "twin/"),
-                modality="image",
-                # the scene's own random stream: same positions, sizes, angles and background
-                media=render_scene(twin, np.random.default_rng(render_seed)),
-                caption=describe_scene(twin, np.random.default_rng(caption_seed), set()).text,
-                attributes=twin,
+        out.append(
+            (
+                scene,
+                Item(
+                    id=scene.id.replace("scene/", "twin/", 1),
+                    modality="image",
+                    media=render_scene(twin, np.random.default_rng(render_seed)),
+                    caption=describe_scene(twin, np.random.default_rng(caption_seed), set()).text,
+                    attributes=twin,
+                ),
             )
         )
+    return out
+
+
+def binding_gallery(
+    n: int = 100, seed: int = 0, ordinary: int | None = None, split: Split = "heldout"
+) -> BindingGallery:
+    """`n` held-out scenes, their `n` twins, `n` single objects and `ordinary` (default `n`) corpus
+    images (half held-out, half seen combinations, `heldout_gallery`). `split="seen"` draws the
+    scenes from training swap classes instead (fresh draws: a validation gallery)."""
+    pairs = scene_pairs(n, split, seed)
+    singles = []
+    for k, (scene, _) in enumerate(pairs):
+        _, render_seed, caption_seed = _scene_draws(split, seed, k)
         shape, colour, size = scene.attributes["objects"][k % 2]
         background = scene.attributes["background"]
         single = {"shape": shape, "colour": colour, "size": size, "count": 1, "background": background}
         singles.append(
             Item(
-                id=scene.id.replace("scene/", "single/"),
+                id=scene.id.replace("scene/", "single/", 1),
                 modality="image",
                 media=render_image(single, np.random.default_rng(render_seed)),
                 caption=describe("image", single, np.random.default_rng(caption_seed)).text,
@@ -1182,7 +1200,7 @@ def binding_gallery(n: int = 100, seed: int = 0, ordinary: int | None = None) ->
         )
     m = n if ordinary is None else ordinary
     held, seen = heldout_gallery("image", (m + 1) // 2, seed)
-    return BindingGallery(scenes, twins, singles, (held + seen)[:m])
+    return BindingGallery([p[0] for p in pairs], [p[1] for p in pairs], singles, (held + seen)[:m])
 
 
 # --- encodings ----------------------------------------------------------------------------------
