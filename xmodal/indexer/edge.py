@@ -112,9 +112,12 @@ class EdgeIndex:
         index_settings: IndexSettings | None = None,
         pin: Mapping[str, int] | None = None,
         watch_interval_s: float = WATCH_INTERVAL_S,
+        indexing_threads: int = 0,
     ) -> None:
         """`pin`: {space: generation} to open instead of the serving one (a writer of a new
-        generation); a pinned space does not follow the pointer."""
+        generation); a pinned space does not follow the pointer. `indexing_threads`: threads
+        `optimize()` builds HNSW with (0: one per CPU; a background builder leaves CPUs to searches)."""
+        self._indexing_threads = indexing_threads
         self._root = Path(root)
         self._index_settings = index_settings or IndexSettings()
         self._search_params = search_params(self._index_settings)
@@ -593,7 +596,7 @@ class EdgeIndex:
         path = generation.path
         # load() with a config makes it the shard's config (edge_config.json is rewritten): new
         # segments and the next optimize() use it; segments built before keep theirs until then.
-        config = engine_config(generation.dim, self._index_settings)
+        config = engine_config(generation.dim, self._index_settings, indexing_threads=self._indexing_threads)
         try:
             if (path / ENGINE_CONFIG).exists():
                 engine = qe.EdgeShard.load(str(path), config)
@@ -666,8 +669,9 @@ def _engine_value(value: common.MetadataValue) -> Any:
     return np.bool_(value) if isinstance(value, bool) else value
 
 
-def engine_config(dim: int, settings: IndexSettings) -> qe.EdgeConfig:
-    """The qdrant-edge shard config for `dim`-d cosine vectors built with `settings`."""
+def engine_config(dim: int, settings: IndexSettings, *, indexing_threads: int = 0) -> qe.EdgeConfig:
+    """The qdrant-edge shard config for `dim`-d cosine vectors built with `settings`
+    (`indexing_threads`: threads an optimize() may build HNSW with, 0: one per CPU)."""
     quantization: Any = None
     if settings.quantization == "int8":
         quantization = qe.ScalarQuantizationConfig(type=qe.ScalarType.Int8, quantile=0.99, always_ram=True)
@@ -683,6 +687,7 @@ def engine_config(dim: int, settings: IndexSettings) -> qe.EdgeConfig:
             m=settings.hnsw_m,
             ef_construct=settings.hnsw_ef_construct,
             full_scan_threshold=settings.full_scan_threshold_kb,
+            max_indexing_threads=indexing_threads,
         ),
         quantization_config=quantization,
         optimizers=qe.EdgeOptimizersConfig(indexing_threshold=settings.indexing_threshold_kb),
