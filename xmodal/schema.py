@@ -284,9 +284,12 @@ def dump(message: BaseModel) -> bytes:
 
 
 def dump_reply(reply: SearchReply) -> bytes:
-    """A reply's JSON; hits without a thumbnail carry no `thumbnail` key (replies as before)."""
+    """A reply's JSON; hits without a thumbnail carry no `thumbnail` key, hits that were not
+    reranked no `first_stage_score` key (replies as before)."""
     raw = reply.model_dump(mode="json")
     for hit in raw["hits"]:
+        if hit.get("first_stage_score") is None:
+            hit.pop("first_stage_score", None)
         if hit.get("thumbnail") is None:
             hit.pop("thumbnail", None)
         else:

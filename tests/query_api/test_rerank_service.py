@@ -6,6 +6,7 @@ and the real MiniLM `mini` space without a reranker. One service and one client 
 
 from __future__ import annotations
 
+import time
 import uuid
 from pathlib import Path
 from collections.abc import Iterator
@@ -13,6 +14,7 @@ from typing import Any
 
 import orjson
 import pytest
+from confluent_kafka import Consumer, Producer, TopicPartition
 from qa_support import CORPUS, MiniText, ToySpace, open_backend
 from rerank_support import RuleReranker, expected_adjustment, populate_gallery
 
@@ -23,6 +25,7 @@ from xmodal.indexer import IndexPoint, VectorIndex
 from xmodal.query_api import QueryService, SearchClient, Searcher
 from xmodal.query_api.rerank import RerankStage
 from xmodal.schema import SearchReply
+from xmodal.streams.kafka import ensure_topics
 
 pytestmark = pytest.mark.broker
 
@@ -91,11 +94,38 @@ def test_a_reranked_reply_carries_first_stage_scores_in_the_new_order(client: Se
     assert all(hit.first_stage_score is None for hit in first)
 
 
-def test_the_reply_json_has_the_new_field_only_where_reranked(client: SearchClient) -> None:
-    reply = ask(client, {"query": {"text": "a high tone"}, "k": 2, "modalities": ["audio"], "spaces": ["toy"], "rerank": True})
-    assert reply.ok and [h.id for h in reply.hits] == ["snd/b-high", "snd/a-low"]
-    raw = reply.model_dump(mode="json")["hits"]
-    assert all(isinstance(hit["first_stage_score"], float) for hit in raw)
+def raw_replies(broker: str, settings: Settings, requests: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Send hand-written requests and read the replies' JSON as it is on the wire, no xmodal client."""
+    reply_topic = f"{settings.topic_prefix}.raw.replies"
+    ensure_topics(settings, broker, [reply_topic])
+    consumer = Consumer({"bootstrap.servers": broker, "group.id": "raw", "enable.auto.commit": False, "fetch.wait.max.ms": 5})
+    consumer.assign([TopicPartition(reply_topic, p, 0) for p in range(settings.topic_partitions)])
+    producer = Producer({"bootstrap.servers": broker, "partitioner": "murmur2_random"})
+    for request_id, request in requests.items():
+        body = {"request_id": request_id, "reply_to": reply_topic, **request}
+        producer.produce(settings.requests_topic, orjson.dumps(body), key=request_id.encode())
+    producer.flush(10)
+    replies: dict[str, Any] = {}
+    deadline = time.monotonic() + 15
+    try:
+        while len(replies) < len(requests) and time.monotonic() < deadline:
+            msg = consumer.poll(0.1)
+            if msg is not None and msg.error() is None and msg.value() is not None:
+                replies[msg.key().decode()] = orjson.loads(msg.value())
+    finally:
+        consumer.close()
+    assert set(replies) == set(requests), "not every raw request was answered"
+    return replies
+
+
+def test_the_reply_json_has_the_new_field_only_where_reranked(client: SearchClient, broker: str, settings: Settings) -> None:
+    query = {"query": {"text": "a high tone"}, "k": 2, "modalities": ["audio"], "spaces": ["toy"]}
+    replies = raw_replies(broker, settings, {"rr-on": {**query, "rerank": True}, "rr-old": query})
+    reranked, old = replies["rr-on"]["hits"], replies["rr-old"]["hits"]
+    assert [h["id"] for h in reranked] == ["snd/b-high", "snd/a-low"]
+    assert all(isinstance(h["first_stage_score"], float) and "thumbnail" not in h for h in reranked)
+    # an old client's request gets the reply it always got: not one key more
+    assert all(set(h) == {"id", "score", "modality", "metadata", "cosine", "space"} for h in old)
 
 
 def test_an_old_client_request_is_answered_first_stage(client: SearchClient) -> None:
