@@ -14,11 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageDraw
+from PIL import Image
 from qa_support import make_request, open_backend
 
 from xmodal.config import Settings, load_settings
 from xmodal.encoders.media import MediaLimits
+from xmodal.encoders.mini.corpus import scene_pairs
 from xmodal.encoders.registry import build_space
 from xmodal.indexer import IndexPoint, VectorIndex
 from xmodal.query_api import Searcher
@@ -29,28 +30,11 @@ cross = pytest.importorskip("xmodal.encoders.mini.cross", reason="the mini cross
 CHECKPOINT = cross.cross_path()
 pytestmark = pytest.mark.skipif(not CHECKPOINT.is_file(), reason=f"no shipped mini cross-encoder at {CHECKPOINT}")
 
-RGB = {"red": (220, 30, 30), "blue": (30, 60, 220), "green": (30, 170, 40), "yellow": (235, 210, 20)}
-
-
-def scene(left: tuple[str, str], right: tuple[str, str]) -> Image.Image:
-    """Two objects, (colour, shape) each, on white, 64 x 64 like the corpus."""
-    image = Image.new("RGB", (64, 64), (255, 255, 255))
-    draw = ImageDraw.Draw(image)
-    for (colour, shape), (cx, cy) in ((left, (18, 32)), (right, (46, 32))):
-        box = (cx - 11, cy - 11, cx + 11, cy + 11)
-        if shape == "circle":
-            draw.ellipse(box, fill=RGB[colour])
-        else:
-            draw.rectangle(box, fill=RGB[colour])
-    return image
-
-
-GALLERY = {
-    "scene/red-circle-blue-square": scene(("red", "circle"), ("blue", "square")),
-    "scene/blue-circle-red-square": scene(("blue", "circle"), ("red", "square")),
-    "scene/green-circle-yellow-square": scene(("green", "circle"), ("yellow", "square")),
-    "scene/yellow-circle-green-square": scene(("yellow", "circle"), ("green", "square")),
-}
+# Held-out binding scenes of the corpus (combinations never drawn in training) and their twins:
+# the same layout with the two colours exchanged, so only binding tells them apart.
+PAIRS = scene_pairs(10, "heldout", seed=5)
+GALLERY = {item.id: item.media for pair in PAIRS for item in pair}
+SUCCESS_AT_1_TARGET = 0.8  # issue 10: reranked Success@1 on held-out binding queries
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +67,7 @@ def stored_view(searcher: Searcher, item_id: str) -> Image.Image:
 
 
 def test_reranked_scores_are_first_stage_plus_the_cross_encoders(searcher: Searcher) -> None:
-    query = "a red circle and a blue square"
+    query = PAIRS[0][0].caption
     hits = searcher.search(make_request(query={"text": query}, k=len(GALLERY), modalities=["image"], rerank=True))
     assert sorted(h.id for h in hits) == sorted(GALLERY)
     reference = cross.MiniCrossEncoder(load_settings({"XMODAL_DEVICE": "cpu"}))
@@ -95,23 +79,19 @@ def test_reranked_scores_are_first_stage_plus_the_cross_encoders(searcher: Searc
     assert [h.score for h in hits] == sorted((h.score for h in hits), reverse=True)
 
 
-@pytest.mark.parametrize(
-    ("query", "right", "swapped"),
-    [
-        ("a red circle and a blue square", "scene/red-circle-blue-square", "scene/blue-circle-red-square"),
-        ("a blue circle and a red square", "scene/blue-circle-red-square", "scene/red-circle-blue-square"),
-        ("a yellow circle and a green square", "scene/yellow-circle-green-square", "scene/green-circle-yellow-square"),
-    ],
-)
-def test_reranking_binds_colour_to_shape(searcher: Searcher, query: str, right: str, swapped: str) -> None:
-    """What the first stage cannot do (issue 10): the scene with the colours swapped ranks below."""
-    hits = searcher.search(make_request(query={"text": query}, k=len(GALLERY), modalities=["image"], rerank=True))
-    order = [h.id for h in hits]
-    assert order.index(right) < order.index(swapped), order
+def test_reranking_binds_colour_to_shape(searcher: Searcher) -> None:
+    """What the first stage cannot do (issue 10): find the scene, not its colour-swapped twin."""
+    first_stage = reranked = 0
+    for scene, _twin in PAIRS:
+        request = make_request(query={"text": scene.caption}, k=1, modalities=["image"])
+        first_stage += searcher.search(request)[0].id == scene.id
+        reranked += searcher.search(request.model_copy(update={"rerank": True}))[0].id == scene.id
+    figures = f"Success@1 first stage {first_stage / len(PAIRS):.2f}, reranked {reranked / len(PAIRS):.2f}"
+    assert reranked / len(PAIRS) >= SUCCESS_AT_1_TARGET, figures
 
 
 def test_the_registry_loads_the_shipped_checkpoint_lazily(settings: Settings, tmp_path: Path) -> None:
     stage = RerankStage.from_settings(settings, ["mini"], MediaLimits())
     plan = stage.plan(make_request(query={"text": "x"}, rerank=True), ["mini"], "text", ["text", "image", "audio"])
     assert plan == {("mini", "image")}
-    assert np.isfinite(stage._rerankers["mini"].score("text", "a red circle", "image", [GALLERY["scene/red-circle-blue-square"]])).all()
+    assert np.isfinite(stage._rerankers["mini"].score("text", PAIRS[0][0].caption, "image", [PAIRS[0][0].media])).all()
