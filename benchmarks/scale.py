@@ -5,15 +5,17 @@
     python benchmarks/scale.py --quick --json           # a tiny run (tests/indexer/test_scale_bench.py)
     python benchmarks/scale.py --plot docs/scale.png    # also draw recall against p99
 
-What it does, per build (one (m, ef_construct, quantization) each, in a fresh child process so that
-its memory figures are its own):
+What it does, per build (one (m, ef_construct, quantization) each; the build and the searches each
+in a fresh child process, so that memory figures are their own):
 1. N x 384 synthetic embeddings (below) are upserted through `EdgeIndex` and `optimize()` builds
    the HNSW graph (build time = the optimize call; the upsert is timed apart).
-2. Memory: resident set growth from before the index was opened to after the build (the index's
-   steady state), the child's peak resident set, and the shard's size on disk.
+2. Memory: the building process's peak resident set; the shard's allocated size on disk (its
+   write-ahead log apart); and, in another fresh process that opens the built index as a serving
+   process would, the resident growth once every query was searched exactly and approximately
+   (`serve_rss_mb`: what serving this index holds in memory).
 3. For each search ef, the index is reopened with that `search_ef` (same build settings: nothing
-   is rebuilt) and every query is searched once approximately and once with `exact=True` (full
-   vectors, every point; the ground truth). recall@10 = |approx ∩ exact| / 10 averaged over the
+   is rebuilt) and every query is searched approximately; the ground truth is each query searched
+   once with `exact=True` (full vectors, every point). recall@10 = |approx ∩ exact| / 10 averaged over the
    queries; p50/p99 are of the approximate searches alone, one at a time on one thread, after a
    warm-up.
 
@@ -147,83 +149,96 @@ def describe(data: Data) -> dict[str, float]:
     return {"pair_cos": round(float(pair.mean()), 3), "nn10_cos": round(float(near.mean()), 3)}
 
 
-def run_build(data: Data, build: Build, search_efs: Sequence[int], n_queries: int, quick: bool, workdir: str) -> list[dict[str, Any]]:
-    """One build and its search sweep (runs in a child process)."""
+def build_index(data: Data, build: Build, quick: bool, root: Path) -> dict[str, Any]:
+    """Upsert the data and build the graph (in a child process: its peak memory is the build's)."""
+    index = EdgeIndex(root, index_settings=build.settings(128, quick))
+    index.ensure_collection(SPACE, data.dim)
+    started = time.perf_counter()
+    for start, vectors in data.chunks():
+        index.upsert(
+            SPACE, [IndexPoint(f"p{start + i}", v, "image", {"topic": (start + i) % 50}) for i, v in enumerate(vectors)]
+        )
+    upsert_s = time.perf_counter() - started
+    print(f"    {build}: upserted {data.n} points in {upsert_s:.0f} s", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    index.optimize(SPACE)
+    build_s = time.perf_counter() - started
+    print(f"    {build}: optimize() built the index in {build_s:.0f} s", file=sys.stderr, flush=True)
+    report = index.index_report(SPACE)
+    index.close()
+    return {
+        "build_s": round(build_s, 2),
+        "upsert_s": round(upsert_s, 2),
+        "build_peak_rss_mb": round(rss_mb()[1], 1),
+        "indexed_vectors": report["indexed_vectors"],
+        "segments": report["segments"],
+    }
+
+
+def serve_index(data: Data, build: Build, search_efs: Sequence[int], n_queries: int, quick: bool, root: Path) -> list[dict[str, Any]]:
+    """Open the built index as a serving process would and sweep search ef (in a child process)."""
+    queries = data.queries(n_queries)
+    rss_before, _ = rss_mb()
+    index = EdgeIndex(root, index_settings=build.settings(search_efs[0], quick))
+    exact = [{h.item_id for h in index.search(SPACE, q, K, exact=True)} for q in queries]
+    for q in queries:
+        index.search(SPACE, q, K)
+    serve_rss = rss_mb()[0] - rss_before  # everything the searches touched is resident now
+    index.close()
+    rows = []
+    for ef in search_efs:
+        index = EdgeIndex(root, index_settings=build.settings(ef, quick))
+        for q in queries[: min(20, len(queries))]:  # warm-up
+            index.search(SPACE, q, K)
+        latencies, found = [], 0
+        for q, truth in zip(queries, exact, strict=True):
+            started = time.perf_counter()
+            hits = index.search(SPACE, q, K)
+            latencies.append((time.perf_counter() - started) * 1000)
+            found += len(truth & {h.item_id for h in hits})
+        index.close()
+        rows.append(
+            {
+                "search_ef": ef,
+                "recall_at_10": round(found / (K * len(queries)), 4),
+                "p50_ms": round(percentile(latencies, 50), 3),
+                "p99_ms": round(percentile(latencies, 99), 3),
+                "serve_rss_mb": round(serve_rss, 1),
+            }
+        )
+    return rows
+
+
+def run_build(data: Data, build: Build, search_efs: Sequence[int], n_queries: int, quick: bool, workdir: str | None) -> list[dict[str, Any]]:
+    """One build and its search sweep, each in a fresh process; the index is removed afterwards."""
     root = Path(tempfile.mkdtemp(prefix="scale-", dir=workdir))
     try:
-        queries = data.queries(n_queries)
-        rss_before, _ = rss_mb()
-        index = EdgeIndex(root, index_settings=build.settings(search_efs[0], quick))
-        index.ensure_collection(SPACE, data.dim)
-        started = time.perf_counter()
-        for start, vectors in data.chunks():
-            index.upsert(
-                SPACE,
-                [IndexPoint(f"p{start + i}", v, "image", {"topic": (start + i) % 50}) for i, v in enumerate(vectors)],
-            )
-        upsert_s = time.perf_counter() - started
-        started = time.perf_counter()
-        index.optimize(SPACE)
-        build_s = time.perf_counter() - started
-        report = index.index_report(SPACE)
-        rss_after, rss_peak = rss_mb()
-        exact = [{h.item_id for h in index.search(SPACE, q, K, exact=True)} for q in queries]
-        index.close()
-        on_disk, wal_mb = disk_mb(root, wal=False), disk_mb(root, wal=True)
-
-        rows = []
-        for ef in search_efs:
-            index = EdgeIndex(root, index_settings=build.settings(ef, quick))
-            for q in queries[: min(20, len(queries))]:  # warm-up: page in the graph, fill caches
-                index.search(SPACE, q, K)
-            latencies, found = [], 0
-            for q, truth in zip(queries, exact, strict=True):
-                started = time.perf_counter()
-                hits = index.search(SPACE, q, K)
-                latencies.append((time.perf_counter() - started) * 1000)
-                found += len(truth & {h.item_id for h in hits})
-            index.close()
-            rows.append(
-                {
-                    "m": build.m,
-                    "ef_construct": build.ef_construct,
-                    "quantization": build.quantization,
-                    "search_ef": ef,
-                    "recall_at_10": round(found / (K * len(queries)), 4),
-                    "p50_ms": round(percentile(latencies, 50), 3),
-                    "p99_ms": round(percentile(latencies, 99), 3),
-                    "build_s": round(build_s, 2),
-                    "upsert_s": round(upsert_s, 2),
-                    "rss_delta_mb": round(rss_after - rss_before, 1),
-                    "rss_peak_mb": round(rss_peak, 1),
-                    "disk_mb": round(on_disk, 1),
-                    "wal_mb": round(wal_mb, 1),
-                    "indexed_vectors": report["indexed_vectors"],
-                    "segments": report["segments"],
-                }
-            )
-        return rows
+        built = run_isolated(build_index, data, build, quick, root)
+        on_disk = {"disk_mb": round(disk_mb(root, wal=False), 1), "wal_mb": round(disk_mb(root, wal=True), 1)}
+        served = run_isolated(serve_index, data, build, search_efs, n_queries, quick, root)
+        shape = {"m": build.m, "ef_construct": build.ef_construct, "quantization": build.quantization}
+        return [{**shape, **row, **built, **on_disk} for row in served]
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
-def _child(args: tuple[Any, ...], results: Any) -> None:
+def _child(target: Any, args: tuple[Any, ...], results: Any) -> None:
     try:
-        results.put(("ok", run_build(*args)))
-    except BaseException as e:  # report it to the parent, which says which build failed
+        results.put(("ok", target(*args)))
+    except BaseException as e:  # report it to the parent, which says what failed
         results.put(("error", f"{type(e).__name__}: {e}"))
 
 
-def run_isolated(*args: Any) -> list[dict[str, Any]]:
-    context = mp.get_context("spawn")  # a fresh interpreter: memory figures of this build alone
+def run_isolated(target: Any, *args: Any) -> Any:
+    context = mp.get_context("spawn")  # a fresh interpreter: memory figures of this step alone
     results = context.Queue()
-    child = context.Process(target=_child, args=(args, results))
+    child = context.Process(target=_child, args=(target, args, results))
     child.start()
     status, value = results.get()
     child.join()
     if status != "ok":
-        raise RuntimeError(f"build {args[1]} failed: {value}")
-    return value  # type: ignore[no-any-return]
+        raise RuntimeError(f"{target.__name__} {args[1]} failed: {value}")
+    return value
 
 
 def builds(ms: Sequence[int], efcs: Sequence[int], quantizations: Sequence[str], grid: bool) -> list[Build]:
@@ -248,7 +263,8 @@ def table(rows: Sequence[dict[str, Any]]) -> str:
         ("p50_ms", "p50 ms", "{:.2f}"),
         ("p99_ms", "p99 ms", "{:.2f}"),
         ("build_s", "build s", "{:.1f}"),
-        ("rss_delta_mb", "RSS +MiB", "{:.0f}"),
+        ("serve_rss_mb", "serve MiB", "{:.0f}"),
+        ("build_peak_rss_mb", "build peak MiB", "{:.0f}"),
         ("disk_mb", "disk MiB", "{:.0f}"),
     ]
     cells = [[fmt.format(row[key]) for key, _, fmt in columns] for row in rows]
@@ -327,7 +343,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     rows: list[dict[str, Any]] = []
     for build in plan:
         started = time.perf_counter()
-        rows += run_isolated(data, build, args.search_ef, args.queries, args.quick, args.workdir)
+        rows += run_build(data, build, args.search_ef, args.queries, args.quick, args.workdir)
         best = max(rows[-len(args.search_ef) :], key=lambda r: r["recall_at_10"])
         print(
             f"  {build}: built in {rows[-1]['build_s']:.0f} s, best recall@10 {best['recall_at_10']:.3f} "

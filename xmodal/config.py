@@ -89,11 +89,13 @@ class Settings(BaseSettings):
         description="largest dead-letter record (key + value + headers); a larger one is stored truncated",
     )
 
-    # Index (both backends): HNSW graph, quantization, payload indexes. docs/operations.md
+    # Index (both backends): HNSW graph, quantization, payload indexes. docs/scale.md
     hnsw_m: int = Field(16, ge=2, le=128, description="HNSW edges per node (more: better recall, more memory)")
-    hnsw_ef_construct: int = Field(100, ge=4, le=4096, description="HNSW build-time candidate list")
+    hnsw_ef_construct: int = Field(128, ge=4, le=4096, description="HNSW build-time candidate list")
     search_ef: int = Field(128, ge=1, le=4096, description="HNSW search-time candidate list (hnsw_ef)")
-    quantization: Literal["none", "int8", "binary"] = Field("none", description="vector quantization")
+    quantization: Literal["none", "int8", "binary"] = Field(
+        "int8", description="vector quantization: int8 (scalar) builds ~2.5x faster at equal recall (docs/scale.md)"
+    )
     quantization_rescore: bool = Field(True, description="rescore quantized candidates with full vectors")
     quantization_oversampling: float = Field(
         2.0, ge=1.0, le=16.0, description="candidates fetched per result before rescoring (quantized search)"

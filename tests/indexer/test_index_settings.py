@@ -135,7 +135,7 @@ def test_edge_builds_with_the_settings(tmp_path: Path) -> None:
 
 
 def test_edge_reopened_with_other_settings_rebuilds_on_optimize(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    index = edge(tmp_path, hnsw_m=8, hnsw_ef_construct=40, **SMALL)
+    index = edge(tmp_path, hnsw_m=8, hnsw_ef_construct=40, quantization="none", **SMALL)
     index.ensure_collection("s", DIM)
     index.upsert("s", points(clustered(N)))
     index.optimize("s")
@@ -240,7 +240,7 @@ def test_server_collection_config_carries_the_build_settings() -> None:
     binary = config["quantization_config"].binary
     assert binary.query_encoding == models.BinaryQuantizationQueryEncoding.SCALAR8BITS and binary.always_ram
     assert config["optimizers_config"].indexing_threshold == 20_000
-    assert remote.collection_config(IndexSettings())["quantization_config"] is None
+    assert remote.collection_config(IndexSettings(quantization="none"))["quantization_config"] is None
 
 
 def test_server_search_params_carry_ef_and_rescoring() -> None:
@@ -249,4 +249,4 @@ def test_server_search_params_carry_ef_and_rescoring() -> None:
     assert params.quantization == models.QuantizationSearchParams(rescore=True, oversampling=3.0)
     no_rescore = remote.search_params(IndexSettings(quantization="binary", quantization_rescore=False))
     assert no_rescore.quantization == models.QuantizationSearchParams(rescore=False, oversampling=None)
-    assert remote.search_params(IndexSettings()).quantization is None
+    assert remote.search_params(IndexSettings(quantization="none")).quantization is None

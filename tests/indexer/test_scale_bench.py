@@ -15,7 +15,7 @@ SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "scale.py"
 
 ROW_KEYS = {
     "m", "ef_construct", "quantization", "search_ef", "recall_at_10", "p50_ms", "p99_ms", "build_s",
-    "upsert_s", "rss_delta_mb", "rss_peak_mb", "disk_mb", "wal_mb", "indexed_vectors", "segments",
+    "upsert_s", "serve_rss_mb", "build_peak_rss_mb", "disk_mb", "wal_mb", "indexed_vectors", "segments",
 }
 
 
@@ -40,7 +40,7 @@ def test_quick_run_reports_every_setting_as_json(tmp_path: Path) -> None:
         assert set(row) == ROW_KEYS
         assert 0.0 <= row["recall_at_10"] <= 1.0
         assert 0 < row["p50_ms"] <= row["p99_ms"]
-        assert row["build_s"] > 0 and row["disk_mb"] > 0
+        assert row["build_s"] > 0 and row["disk_mb"] > 0 and row["serve_rss_mb"] > 0
         assert row["indexed_vectors"] == 3000  # the graph was really built, not left as a scan
     assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert not list(tmp_path.glob("scale-*")), "the benchmark left its index behind"

@@ -40,10 +40,12 @@ SEARCH_FIELDS = ("search_ef", "quantization_rescore", "quantization_oversampling
 
 @dataclass(frozen=True)
 class IndexSettings:
+    """Defaults as in xmodal.config.Settings, chosen by benchmarks/scale.py (docs/scale.md)."""
+
     hnsw_m: int = 16
-    hnsw_ef_construct: int = 100
+    hnsw_ef_construct: int = 128
     search_ef: int = 128
-    quantization: Quantization = "none"
+    quantization: Quantization = "int8"
     quantization_rescore: bool = True
     quantization_oversampling: float = 2.0
     payload_indexes: tuple[str, ...] = ()  # metadata keys indexed as keywords
