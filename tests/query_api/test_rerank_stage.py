@@ -208,6 +208,18 @@ class _WrongLength(RuleReranker):
         return np.zeros(1, dtype=np.float32)
 
 
+class _Crashing(RuleReranker):
+    def score(self, *args: object) -> np.ndarray:  # type: ignore[override]
+        raise RuntimeError("the model fell over")
+
+
+def test_a_reranker_crash_is_an_encode_error(gallery: VectorIndex, mini: MiniText) -> None:
+    searcher = searcher_with(gallery, mini, _Crashing())
+    with pytest.raises(EncodeError, match="the toy reranker rules failed on this text query: RuntimeError: the model fell over") as caught:
+        toy_search(searcher, "a red thing", "image", rerank=True)
+    assert caught.value.code == "encode_error"
+
+
 def test_a_reranker_that_answers_the_wrong_shape_is_an_encode_error(gallery: VectorIndex, mini: MiniText) -> None:
     searcher = searcher_with(gallery, mini, _WrongLength())
     with pytest.raises(EncodeError, match="returned \\(1,\\) adjustments for 3 candidates"):

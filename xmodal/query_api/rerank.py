@@ -185,8 +185,15 @@ class RerankStage:
         scored = [i for i, view in enumerate(views) if view is not None]
         adjustments = np.zeros(len(ranked.hits), dtype=np.float64)
         if scored:
-            with self._score_locks[space]:
-                raw = reranker.score(query_modality, query, candidate_modality, [views[i] for i in scored])
+            try:
+                with self._score_locks[space]:
+                    raw = reranker.score(query_modality, query, candidate_modality, [views[i] for i in scored])
+            except XmodalError:
+                raise
+            except Exception as e:  # a model crash on this query: the caller's to see, as for the towers
+                raise EncodeError(
+                    f"the {space} reranker {reranker.name} failed on this {query_modality} query: {type(e).__name__}: {e}"
+                ) from e
             out = np.asarray(raw, dtype=np.float64)
             if out.shape != (len(scored),) or not np.isfinite(out).all():
                 raise EncodeError(
