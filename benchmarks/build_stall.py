@@ -26,6 +26,7 @@ import argparse
 import json
 import os
 import platform
+import sys
 import tempfile
 import threading
 import time
@@ -112,6 +113,11 @@ class Load:
             self.stall = max(self.stall, time.perf_counter() - start - TICK_S)
 
 
+def progress(phase: Phase) -> Phase:
+    print(f"  {phase.name}: {phase.searches} searches, p99 {phase.p99_ms:.2f} ms, {phase.seconds:.0f} s", file=sys.stderr)
+    return phase
+
+
 def unit_vectors(n: int, dim: int, seed: int) -> np.ndarray:
     v = np.random.default_rng(seed).normal(size=(n, dim)).astype(np.float32)
     return v / np.linalg.norm(v, axis=1, keepdims=True)
@@ -139,15 +145,15 @@ def run(points: int, dim: int, rate: float, idle_s: float, settings: IndexSettin
 
         load = Load(index, queries, rate).start()
         time.sleep(idle_s)
-        phases.append(load.stop("idle (exact scan)"))
+        phases.append(progress(load.stop("idle (exact scan)")))
 
         load = Load(index, queries, rate).start()
         result = Build(index, "s").start().wait()
-        phases.append(load.stop("during background build"))
+        phases.append(progress(load.stop("during background build")))
 
         load = Load(index, queries, rate).start()
         time.sleep(idle_s)
-        phases.append(load.stop("after the switch (HNSW)"))
+        phases.append(progress(load.stop("after the switch (HNSW)")))
         index.close()
 
         other = fill(Path(tmp) / "fg", vectors, settings)
@@ -155,7 +161,7 @@ def run(points: int, dim: int, rate: float, idle_s: float, settings: IndexSettin
         t = time.perf_counter()
         other.optimize("s")
         inprocess_s = time.perf_counter() - t
-        phases.append(load.stop("during in-process optimize()"))
+        phases.append(progress(load.stop("during in-process optimize()")))
         other.close()
 
     idle = phases[0].p99_ms
