@@ -263,8 +263,9 @@ def test_a_generation_made_by_another_model_is_refused_by_the_old_models_process
         Node(live.settings, Roles(ingest=True, query=True)).start()
 
 
-def test_reindex_refuses_an_index_without_generations(make_settings: Any, broker: str) -> None:
+def test_reindex_on_a_qdrant_server_needs_a_job_id(make_settings: Any, broker: str) -> None:
+    # The server's workers are tests/streams/test_reindex_server.py; without --job they cannot share one.
     settings = make_settings(kafka_bootstrap=broker, qdrant_url="http://127.0.0.1:1")
-    with pytest.raises(XmodalError, match="generations") as refused:
+    with pytest.raises(XmodalError, match="--job") as refused:
         Reindexer(settings, broker, "mini").run()
-    assert refused.value.code == "reindex_unsupported"
+    assert refused.value.code == "reindex_job_needed"

@@ -13,8 +13,9 @@ only comparable with vectors of the same model, so a process refuses:
 A generation made before fingerprints existed records none; the first process to open it claims
 it for its model, unless the points it holds say they were made by another one.
 
-Indexes without generations (qdrant-client today) are not checked here: each point's payload still
-says which model made it, and `xmodal verify` reports points of another model as `wrong_model`.
+On a Qdrant server the fingerprint is in the generation's collection metadata, and the same checks
+apply (the alias names the serving generation). Each point's payload also says which model made it,
+and `xmodal verify` reports points of another model as `wrong_model`.
 """
 
 from __future__ import annotations
@@ -104,6 +105,10 @@ class ModelGuard:
                     f"{sorted(others)[0]}; this process encodes with {mine}. Rebuild the space for this model "
                     f"with `xmodal reindex {space}`, or start with the settings of that model"
                 )
+        server_update = getattr(self._index, "update_generation_metadata", None)
+        if callable(server_update):  # a Qdrant server: the collection metadata, not a manifest file
+            server_update(space, generation.number, model=mine)
+            return
         layout = SpaceLayout(generation.path.parent.parent, space)
         layout.write_generation(replace(generation, model=mine))
 

@@ -242,6 +242,18 @@ class QdrantIndex:
     def drop_generation(self, space: str, generation: int) -> None:
         remote_generations.drop_generation(self, space, generation)
 
+    def generation_metadata(self, space: str, generation: int) -> dict[str, Any]:
+        return remote_generations.metadata(self, space, generation)
+
+    def update_generation_metadata(self, space: str, generation: int, **keys: Any) -> dict[str, Any]:
+        return remote_generations.update_metadata(self, space, generation, **keys)
+
+    def claim(self, space: str, generation: int, what: str) -> bool:
+        return remote_generations.claim(self, space, generation, what)
+
+    def release_claim(self, space: str, generation: int, what: str) -> None:
+        remote_generations.release(self, space, generation, what)
+
     def scroll(self, space: str, offset: Any, limit: int) -> tuple[list[Any], Any]:
         """One page of the space's points with payloads, no vectors (ids in order), and the offset
         of the next page (None after the last): what `xmodal verify` reads."""
@@ -257,7 +269,10 @@ class QdrantIndex:
         name = self.collection(space)
         info = self._call("get_collection", name, self._client.get_collection)
         built = self._index_settings.build() if self._local else _built_settings(info)
+        pinned = self._pin.get(space)
         return {
+            # Which generation the alias (or the pin) names now: the live handoff follows it.
+            "generation": pinned if pinned is not None else remote_generations.serving_number(self, space),
             "settings": self._index_settings.build(),
             "built_with": built,
             # A server rebuilds in the background after update_collection; it reports status "yellow" meanwhile.

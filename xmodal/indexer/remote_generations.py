@@ -35,7 +35,18 @@ from xmodal.indexer.settings import IndexSettings
 if TYPE_CHECKING:
     from xmodal.indexer.remote import QdrantIndex
 
-__all__ = ["collection_name", "create_generation", "create_space", "drop_generation", "generations", "switch"]
+__all__ = [
+    "collection_name",
+    "create_generation",
+    "create_space",
+    "drop_generation",
+    "generations",
+    "claim",
+    "metadata",
+    "release",
+    "switch",
+    "update_metadata",
+]
 
 META_KEY = "xmodal"
 LEGACY_GENERATION = 0
@@ -92,6 +103,13 @@ def generations(index: QdrantIndex, space: str) -> list[Generation]:
         elif match := pattern.match(name):
             found.append(_describe(index, space, name, int(match.group(1))))
     return sorted(found, key=lambda g: g.number)
+
+
+def serving_number(index: QdrantIndex, space: str) -> int:
+    """The generation the alias names now (one get_aliases call; 0 for a pre-generation collection)."""
+    target = _aliases(index).get(_base(index, space))
+    match = re.search(r"__g(\d{6})$", target or "")
+    return int(match.group(1)) if match else LEGACY_GENERATION
 
 
 def serving_generation(index: QdrantIndex, space: str) -> Generation:
@@ -170,11 +188,30 @@ def create_space(index: QdrantIndex, space: str, dim: int) -> None:
 
 
 def mark_ready(index: QdrantIndex, space: str, number: int) -> Generation:
-    name = collection_name(_base(index, space), number)
-    generation = _describe(index, space, name, number)
-    meta = {**_meta(generation), "state": "ready"}
-    index._call("update_collection", name, index._client.update_collection, metadata={META_KEY: meta})
-    return _describe(index, space, name, number)
+    update_metadata(index, space, number, state="ready")
+    return _describe(index, space, number_name(index, space, number), number)
+
+
+def number_name(index: QdrantIndex, space: str, number: int) -> str:
+    base = _base(index, space)
+    return base if number == LEGACY_GENERATION else collection_name(base, number)
+
+
+def metadata(index: QdrantIndex, space: str, number: int) -> dict[str, Any]:
+    """Everything a generation's collection metadata records under "xmodal", keys of other layers
+    (a reindex job, its handoff) included."""
+    name = number_name(index, space, number)
+    info = index._call("get_collection", name, index._client.get_collection)
+    return dict((info.config.metadata or {}).get(META_KEY) or {})
+
+
+def update_metadata(index: QdrantIndex, space: str, number: int, **keys: Any) -> dict[str, Any]:
+    """Set keys of a generation's metadata, keeping the others. Read-modify-write: callers that may
+    race write the same values (xmodal.streams.reindex_server), or own the key alone."""
+    name = number_name(index, space, number)
+    record = {**metadata(index, space, number), **keys}
+    index._call("update_collection", name, index._client.update_collection, metadata={META_KEY: record})
+    return record
 
 
 def switch(index: QdrantIndex, space: str, number: int, *, drop_legacy: bool) -> None:
@@ -205,8 +242,29 @@ def drop_generation(index: QdrantIndex, space: str, number: int) -> None:
     index._call("delete_collection", name, index._client.delete_collection)
 
 
-def _meta(generation: Generation) -> dict[str, Any]:
-    record = generation.manifest()
-    record.pop("space", None)
-    record.pop("indexed_points", None)
-    return record
+
+def _claim_name(index: QdrantIndex, space: str, number: int, what: str) -> str:
+    # "__g000005__switch" does not match a generation's name: generations() never lists it.
+    return f"{collection_name(_base(index, space), number)}__{what}"
+
+
+def claim(index: QdrantIndex, space: str, number: int, what: str) -> bool:
+    """Take the claim `what` on a generation, atomically across processes: a tiny collection that
+    create_collection refuses to make twice. False when someone else holds it."""
+    name = _claim_name(index, space, number, what)
+    try:
+        index._call(
+            "create_collection", name, index._client.create_collection,
+            vectors_config=models.VectorParams(size=1, distance=models.Distance.COSINE),
+        )
+        return True
+    except VectorIndexError:
+        if index._call("collection_exists", name, index._client.collection_exists):
+            return False
+        raise
+
+
+def release(index: QdrantIndex, space: str, number: int, what: str) -> None:
+    name = _claim_name(index, space, number, what)
+    if index._call("collection_exists", name, index._client.collection_exists):
+        index._call("delete_collection", name, index._client.delete_collection)

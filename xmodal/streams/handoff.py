@@ -65,6 +65,13 @@ def read_handoff(index: Any, space: str, number: int) -> dict[str, Any] | None:
 
     from xmodal.indexer.generations import GENERATION_MANIFEST
 
+    server_metadata = getattr(index, "generation_metadata", None)
+    if callable(server_metadata):  # a Qdrant server: the generation's collection metadata
+        try:
+            handoff = server_metadata(space, number).get(HANDOFF_KEY)
+        except VectorIndexError:
+            return None
+        return handoff if isinstance(handoff, dict) else None
     for generation in index.generations(space):
         if generation.number == number:
             try:

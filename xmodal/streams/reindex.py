@@ -20,8 +20,8 @@ the unfinished generation and its group's committed offsets and resumes (the gen
 event below them, since offsets commit after writes), or starts over when the model or settings
 differ or `--restart` is given. One reindex of a space at a time: a second one is refused (a file
 lock beside the embedded index). Embedded storage is written by one process per generation, so one
-reindex process fills it; a Qdrant server would let several split the partitions, which needs the
-generation layer on qdrant-client (not yet there: reindex refuses server mode with a clear message).
+reindex process fills it. On a Qdrant server several worker processes of one job (`--job ID`) split
+the partitions: xmodal/streams/reindex_server.py, which `Reindexer` hands server mode to.
 """
 
 from __future__ import annotations
@@ -122,14 +122,19 @@ class ReindexLock:
             self._file = None
 
 
-def _require_embedded(settings: Settings) -> None:
-    if not settings.embedded_index:
-        raise ConfigError(
-            "xmodal reindex needs index generations, which the embedded index has and the qdrant-client "
-            "backend does not have yet (docs/operations.md#re-indexing); unset XMODAL_QDRANT_URL to "
-            "reindex an embedded index",
-            code="reindex_unsupported",
-        )
+class _server_index:
+    """The Qdrant server's index (the alias), closed on exit: --list/--drop/--rollback there."""
+
+    def __init__(self, settings: Settings) -> None:
+        from xmodal.streams.reindex_server import default_factory
+
+        self._index = default_factory(settings)(None)
+
+    def __enter__(self) -> Any:
+        return self._index
+
+    def __exit__(self, *exc: object) -> None:
+        self._index.close()
 
 
 def _root(settings: Settings) -> Path:
@@ -175,6 +180,7 @@ class Reindexer:
         progress: Progress | None = None,
         before_switch: Callable[[], None] | None = None,
         encoder: Any = None,
+        job: str | None = None,
     ) -> None:
         """`before_switch`: called once writing has stopped, right before the switch (tests use it
         to write events that only the live workers' handoff can bring into the new generation). `encoder`: encode with this one instead of
@@ -187,12 +193,26 @@ class Reindexer:
         self._progress = progress or (lambda _done, _total: None)
         self._before_switch = before_switch
         self._encoder = encoder
+        self._job = job
 
     def run(self) -> ReindexResult:
         from xmodal.encoders.registry import build_space
 
         settings, space = self._settings, self._space
-        _require_embedded(settings)
+        if not settings.embedded_index:  # a Qdrant server: one worker of a job (reindex_server.py)
+            from xmodal.streams.reindex_server import ServerReindexer
+
+            if self._job is None:
+                raise ConfigError(
+                    "on a Qdrant server a reindex is a job of one or more workers: give each the same "
+                    "--job ID (e.g. --job mini-2026-12-01)",
+                    code="reindex_job_needed",
+                )
+            worker = ServerReindexer(
+                settings, self._bootstrap, space, job=self._job, restart=self._restart, drop_old=self._drop_old,
+                progress=self._progress, encoder=self._encoder,
+            )
+            return worker.run()
         encoder = self._encoder or build_space(space, settings)  # an unknown space fails here, listing the valid ones
         lock = ReindexLock(settings.data_dir, space).acquire()
         try:
@@ -431,7 +451,11 @@ def _drop_when_left(registry: Any, space: str, number: int, wait_s: float = DROP
 def list_generations(settings: Settings, space: str) -> list[dict[str, Any]]:
     from xmodal.indexer.edge import EdgeIndex
 
-    _require_embedded(settings)
+    if not settings.embedded_index:
+        from xmodal.streams.reindex_server import list_server_generations
+
+        with _server_index(settings) as index:
+            return list_server_generations(index, space)
     registry = EdgeIndex(_root(settings))
     serving = registry.serving_generation(space).number
     return [
@@ -450,7 +474,10 @@ def list_generations(settings: Settings, space: str) -> list[dict[str, Any]]:
 def drop_generation(settings: Settings, space: str, number: int) -> None:
     from xmodal.indexer.edge import EdgeIndex
 
-    _require_embedded(settings)
+    if not settings.embedded_index:
+        with _server_index(settings) as index:
+            index.drop_generation(space, number)
+        return
     with _locked(settings, space):
         EdgeIndex(_root(settings)).drop_generation(space, number)
 
@@ -461,7 +488,11 @@ def rollback(settings: Settings, bootstrap: str, space: str, to: int | None = No
     from there (the lower of the switch's handoff offsets and the live group's committed ones)."""
     from xmodal.indexer.edge import EdgeIndex
 
-    _require_embedded(settings)
+    if not settings.embedded_index:
+        from xmodal.streams.reindex_server import server_rollback
+
+        with _server_index(settings) as index:
+            return server_rollback(settings, bootstrap, index, space, to)
     with _locked(settings, space):
         registry = EdgeIndex(_root(settings))
         current = registry.serving_generation(space)
