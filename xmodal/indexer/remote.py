@@ -229,8 +229,12 @@ class QdrantIndex:
         model: str | None = None,
         settings: IndexSettings | Mapping[str, Any] | None = None,
         origin: str = "reindex",
+        number: int | None = None,
     ) -> Generation:
-        return remote_generations.create_generation(self, space, dim, model=model, settings=settings, origin=origin)
+        """`number`: this one instead of the next free one (refused when it exists)."""
+        return remote_generations.create_generation(
+            self, space, dim, model=model, settings=settings, origin=origin, number=number
+        )
 
     def mark_ready(self, space: str, generation: int) -> Generation:
         return remote_generations.mark_ready(self, space, generation)

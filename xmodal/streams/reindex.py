@@ -181,6 +181,7 @@ class Reindexer:
         before_switch: Callable[[], None] | None = None,
         encoder: Any = None,
         job: str | None = None,
+        index_factory: Any = None,
     ) -> None:
         """`before_switch`: called once writing has stopped, right before the switch (tests use it
         to write events that only the live workers' handoff can bring into the new generation). `encoder`: encode with this one instead of
@@ -194,6 +195,7 @@ class Reindexer:
         self._before_switch = before_switch
         self._encoder = encoder
         self._job = job
+        self._index_factory = index_factory  # server mode: reindex_server.IndexFactory (tests share a client)
 
     def run(self) -> ReindexResult:
         from xmodal.encoders.registry import build_space
@@ -210,7 +212,7 @@ class Reindexer:
                 )
             worker = ServerReindexer(
                 settings, self._bootstrap, space, job=self._job, restart=self._restart, drop_old=self._drop_old,
-                progress=self._progress, encoder=self._encoder,
+                progress=self._progress, encoder=self._encoder, index_factory=self._index_factory,
             )
             return worker.run()
         encoder = self._encoder or build_space(space, settings)  # an unknown space fails here, listing the valid ones

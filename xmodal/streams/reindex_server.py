@@ -188,7 +188,10 @@ class ServerReindexer:
                 log.info("space %r: joining reindex job %r, generation %d", space, self._job, generation.number)
                 return generation.number, True
             try:
-                created = registry.create_generation(space, dim, model=model, settings=index_settings, origin=REINDEX_ORIGIN)
+                created = registry.create_generation(
+                    space, dim, model=model, settings=index_settings, origin=REINDEX_ORIGIN,
+                    number=self._fresh_number(registry),
+                )
             except VectorIndexError:
                 continue  # another first worker created that number a moment ago: look again
             registry.update_generation_metadata(
@@ -200,6 +203,16 @@ class ServerReindexer:
             log.info("space %r: reindex job %r created generation %d", space, self._job, created.number)
             return created.number, False
         raise VectorIndexError(f"space {space!r}: could not create or join a generation for reindex job {self._job!r}")
+
+    def _fresh_number(self, registry: Any) -> int:
+        """The next generation number whose group `<prefix>.reindex.<space>.g<N>` committed nothing:
+        a number freed by a drop (e.g. --restart) would otherwise resume from a dead job's offsets
+        into an empty collection, and miss everything below them."""
+        settings, space = self._settings, self._space
+        number = max([g.number for g in registry.generations(space)] + [0]) + 1
+        while any(committed_offsets(settings, self._bootstrap, settings.media_topic, reindex_group(settings, space, number)).values()):
+            number += 1
+        return number
 
     def _job_record(self, registry: Any, number: int, *, wait: bool = False) -> dict[str, Any]:
         deadline = time.monotonic() + (JOB_RECORD_WAIT_S if wait else 0)
