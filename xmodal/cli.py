@@ -269,6 +269,9 @@ def search(
     filters: Annotated[list[str], typer.Option("--filter", help="Metadata equality KEY=VALUE (repeatable).")] = [],  # noqa: B006
     as_json: Annotated[bool, typer.Option("--json", help="Print the reply as JSON.")] = False,
     timeout: Annotated[float | None, typer.Option(help="Seconds to wait for the reply.")] = None,
+    rerank: Annotated[
+        bool | None, typer.Option("--rerank/--no-rerank", help="Rescore with the cross-encoder, or first stage only (default: the service's XMODAL_RERANK).")
+    ] = None,
     data_dir: DataDir = None,
     kafka_bootstrap: Bootstrap = None,
 ) -> None:
@@ -294,24 +297,29 @@ def search(
     try:
         with SearchClient(settings, bootstrap) as client:
             hits = client.search(
-                **query, k=k, modalities=modalities, filter=_parse_filter(filters), timeout=timeout
+                **query, k=k, modalities=modalities, filter=_parse_filter(filters), timeout=timeout, rerank=rerank
             )
     except XmodalError as e:  # refused before sending (SchemaError) or by the service (SearchError)
         _fail(f"{e.code}: {e.message}")
     if as_json:
-        sys.stdout.buffer.write(orjson.dumps([h.model_dump(mode="json") for h in hits], option=orjson.OPT_INDENT_2))
+        # as before reranking existed: hits that were not reranked have no first_stage_score key
+        dumped = [h.model_dump(mode="json", exclude={"first_stage_score"} if h.first_stage_score is None else None) for h in hits]
+        sys.stdout.buffer.write(orjson.dumps(dumped, option=orjson.OPT_INDENT_2))
         sys.stdout.write("\n")
         return
     table = Table(title=f"{len(hits)} results", title_justify="left")
     # score: calibrated, comparable across modalities; cosine: raw, within its space and modality
-    for column, justify in (("rank", "right"), ("score", "right"), ("cosine", "right"), ("modality", "left")):
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+    reranked = any(hit.first_stage_score is not None for hit in hits)  # "1st stage": the score before reranking
+    columns = ("rank", "score", *(("1st stage",) if reranked else ()), "cosine", "modality")
+    for column in columns:
+        table.add_column(column, justify="left" if column == "modality" else "right")
     table.add_column("id", overflow="fold")  # ids are what a user acts on: wrap, never elide
     table.add_column("metadata", overflow="fold")
     for rank, hit in enumerate(hits, 1):
         meta = orjson.dumps(hit.metadata).decode() if hit.metadata else ""
         cosine = f"{hit.cosine:.3f}" if hit.cosine is not None else ""
-        table.add_row(str(rank), f"{hit.score:.2f}", cosine, hit.modality, hit.id, meta)
+        first = [f"{hit.first_stage_score:.2f}" if hit.first_stage_score is not None else ""] if reranked else []
+        table.add_row(str(rank), f"{hit.score:.2f}", *first, cosine, hit.modality, hit.id, meta)
     out.print(table)
 
 
@@ -564,6 +572,10 @@ def reindex(
     space: Annotated[str, typer.Argument(help="The space to rebuild from the media topic, e.g. mini.")],
     drop_old: Annotated[bool, typer.Option("--drop-old", help="Drop the old generation after the switch (no rollback).")] = False,
     restart: Annotated[bool, typer.Option("--restart", help="Start over instead of resuming an unfinished reindex.")] = False,
+    job: Annotated[
+        str | None,
+        typer.Option("--job", help="Qdrant server: the job ID every worker of one reindex shares (they split the partitions)."),
+    ] = None,
     list_: Annotated[bool, typer.Option("--list", help="List the space's generations and exit.")] = False,
     drop: Annotated[int | None, typer.Option("--drop", help="Drop generation GEN (not the serving one) and exit.")] = None,
     rollback: Annotated[bool, typer.Option("--rollback", help="Serve the previous generation again and exit.")] = False,
@@ -574,6 +586,9 @@ def reindex(
 ) -> None:
     """Rebuild a space into a new index generation by replaying the media topic (this process's model,
     weights and index settings) while it serves, then switch to it (docs/operations.md#re-indexing).
+
+    On a Qdrant server start N workers with the same --job ID: they split the media topic's
+    partitions, one switches the alias, the others exit 0 once it has.
 
     Exit status: 0 switched (or listed/dropped/rolled back), 1 failed (the serving generation is untouched;
     a rerun resumes), 2 refused (settings, no broker, another reindex of the space running)."""
@@ -599,7 +614,7 @@ def reindex(
             number = rx.rollback(settings, bootstrap, space)
             out.print(f"space {space}: generation {number} serves again; live workers replay what it missed")
             return
-        result = _run_reindex(settings, bootstrap, space, restart=restart, drop_old=drop_old)
+        result = _run_reindex(settings, bootstrap, space, restart=restart, drop_old=drop_old, job=job)
     except Refused as e:
         _fail(e.message, 2)
     except XmodalError as e:
