@@ -250,3 +250,23 @@ def test_server_search_params_carry_ef_and_rescoring() -> None:
     no_rescore = remote.search_params(IndexSettings(quantization="binary", quantization_rescore=False))
     assert no_rescore.quantization == models.QuantizationSearchParams(rescore=False, oversampling=None)
     assert remote.search_params(IndexSettings(quantization="none")).quantization is None
+
+
+def test_a_server_collection_built_otherwise_is_seen_as_changed() -> None:
+    """What `ensure_collection` compares on a server, read from a real CollectionInfo (local mode
+    reports Qdrant's defaults: m 16, ef_construct 100, no quantization)."""
+    client = QdrantClient(":memory:")
+    client.create_collection("c", vectors_config=models.VectorParams(size=4, distance=models.Distance.COSINE))
+    built = remote._built_settings(client.get_collection("c"))
+    assert built["hnsw_m"] == 16 and built["hnsw_ef_construct"] == 100 and built["quantization"] == "none"
+    changes = IndexSettings(hnsw_m=32, quantization="int8").build_changes(built)
+    assert changes["hnsw_m"] == (16, 32) and changes["quantization"] == ("none", "int8")
+    assert changes["hnsw_ef_construct"] == (100, 128)
+    assert not IndexSettings(hnsw_ef_construct=100, quantization="none").build_changes(built)
+    client.close()
+
+
+def test_settings_round_trip_through_their_record() -> None:
+    settings = IndexSettings(hnsw_m=24, quantization="binary", quantization_rescore=False, payload_indexes=("a", "b"))
+    assert IndexSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
+    assert IndexSettings.from_dict({**settings.to_dict(), "from_a_newer_xmodal": 1}) == settings
