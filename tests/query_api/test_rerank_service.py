@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from qa_support import CORPUS, MiniText, ToySpace, open_backend
+from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes
 from rerank_support import RuleReranker, expected_adjustment, populate_gallery
 
 from xmodal.config import Settings, load_settings
@@ -199,3 +199,32 @@ def test_xmodal_eval_compares_first_stage_and_reranked(client: SearchClient, bro
     narrow = CliRunner().invoke(app, ["eval", "--queries", str(queries), "--qrels", str(qrels), "--k", "1", "--json", "--rerank", "--rerank-k", "1"], env=env)
     # rerank_k=1 < depth 10: all ten are still scored (max(k, rerank_k)), so the gain stays
     assert narrow.exit_code == 0 and orjson.loads(narrow.stdout)["metrics"]["Success@1"] == 1.0
+
+
+def test_xmodal_search_rerank(client: SearchClient, broker: str, settings: Settings, tmp_path: Path) -> None:
+    """`xmodal search --rerank` (the real command, in-process): reranked order, the first-stage column."""
+    from typer.testing import CliRunner
+
+    from xmodal.cli import app
+
+    env = {
+        "XMODAL_KAFKA_BOOTSTRAP": broker,
+        "XMODAL_TOPIC_PREFIX": settings.topic_prefix,
+        "XMODAL_DATA_DIR": str(tmp_path / "data"),
+        "XMODAL_METRICS_PORT": "0",
+        "COLUMNS": "200",
+    }
+    runner = CliRunner()
+    reranked = runner.invoke(app, ["search", "a red thing", "--modality", "image", "-k", "4", "--rerank", "--json"], env=env)
+    assert reranked.exit_code == 0, reranked.output
+    hits = orjson.loads(reranked.stdout)
+    assert [h["id"] for h in hits][:1] == ["img/b-red"]
+    assert all(("first_stage_score" in h) == (h["space"] == "toy") for h in hits)  # mini's images: no reranker
+    plain = runner.invoke(app, ["search", "a red thing", "--modality", "image", "-k", "4", "--json"], env=env)
+    assert plain.exit_code == 0 and all("first_stage_score" not in h for h in orjson.loads(plain.stdout))
+    table = runner.invoke(app, ["search", "a red thing", "--modality", "image", "-k", "4", "--rerank"], env=env)
+    assert table.exit_code == 0 and "1st stage" in table.stdout and "img/b-red" in table.stdout
+    picture = tmp_path / "red.png"
+    picture.write_bytes(png_bytes((220, 20, 20)))
+    refused = runner.invoke(app, ["search", "--image", str(picture), "--rerank"], env=env)  # no reranker for image queries here
+    assert refused.exit_code == 1 and "rerank_unavailable" in refused.output
