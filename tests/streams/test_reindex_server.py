@@ -36,7 +36,15 @@ PARTITIONS = 4
 
 class ClientOfServer(QdrantIndex):
     """A QdrantIndex on the stand-in server's client: closing it leaves the server up, as closing a
-    client of a real server would (every process here shares the one local-mode client)."""
+    client of a real server would (every process here shares the one local-mode client), and its
+    calls take the server's one lock (local mode's numpy arrays are not safe across threads; a
+    QdrantIndex locks only its own calls)."""
+
+    server_lock = threading.Lock()
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._lock = ClientOfServer.server_lock
 
     def close(self) -> None:
         self._closed = True
@@ -127,6 +135,9 @@ def test_two_workers_of_one_job_split_the_partitions_and_switch_once_while_the_s
     report = verify_space(settings, broker, "mini", index=live.index)
     assert report.clean, report
     assert report.generation == generation and report.ok == report.log_ids
+    # A worker of the job started after the switch (a Job's retried pod) joins it and does nothing.
+    late = worker(server, settings, broker, "job-1").run()
+    assert (late.generation, late.events, late.handoff) == (generation, 0, results[0].handoff)
     rows = list_server_generations(server.index(), "mini")
     assert [(r["generation"], r["serving"], r["state"]) for r in rows] == [(before, False, "ready"), (generation, True, "ready")]
     assert rows[1]["job"] == "job-1"

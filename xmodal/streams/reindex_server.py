@@ -144,6 +144,10 @@ class ServerReindexer:
             result = ReindexResult(space, target, serving.number, resumed)
             group = reindex_group(settings, space, target)
             job = self._job_record(registry, target)
+            if job.get("switched"):  # finished (and maybe rolled back since: that stays as it is)
+                result.handoff = {int(p): int(o) for p, o in (self._handoff(registry, target).get("offsets") or {}).items()}
+                result.seconds = time.monotonic() - started
+                return result
             if not job.get("stop"):
                 self._fill(encoder, index_settings, target, group, result)
             self._wait_group_empty(group)
@@ -162,6 +166,17 @@ class ServerReindexer:
 
     def _join_or_create(self, registry: Any, serving: int, dim: int, model: str, index_settings: Any) -> tuple[int, bool]:
         space = self._space
+        for generation in registry.generations(space):
+            # This job's generation, whatever its state: a worker started (or restarted by its Job)
+            # after the switch joins it and exits 0, rather than start another reindex.
+            if generation.origin == REINDEX_ORIGIN and generation.state == "ready":
+                job = registry.generation_metadata(space, generation.number).get(JOB_KEY) or {}
+                if job.get("job") == self._job:
+                    log.warning(
+                        "space %r: reindex job %r has finished already (generation %d); nothing to do "
+                        "(a new reindex needs a new --job ID)", space, self._job, generation.number,
+                    )
+                    return generation.number, True
         for _attempt in range(3):
             for generation in registry.generations(space):
                 if generation.origin != REINDEX_ORIGIN or generation.number <= serving or generation.state != "building":
