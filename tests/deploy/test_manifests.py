@@ -543,6 +543,43 @@ def check_embedded_storage(processes: Iterable[Process]) -> list[str]:
     ]
 
 
+def check_reindex_workers(root: Path) -> list[str]:
+    """`xmodal reindex` on a Qdrant server is one job of N workers: each gets `--job` with the same
+    value in every replica (a literal, or `$(VAR)` of a variable its container defines, e.g. the Job's
+    name); a Kubernetes Job of them completes when every worker has (completions = parallelism) and
+    has no more pods than the media topic has partitions. On the embedded index one process writes:
+    no Job runs more than one reindex pod."""
+    problems = []
+    # by file and name: both reindex Jobs are named by generateName "xmodal-reindex-"
+    jobs = {d.where(): d for d in kubernetes_docs(root) if d.kind == "Job"}
+    for p in all_processes(root):
+        if p.argv[1:2] != ["reindex"] or p.problems:
+            continue
+        settings = p.settings()
+        values = [p.argv[i + 1] for i, a in enumerate(p.argv[:-1]) if a == "--job"]
+        server = not settings.embedded_index
+        if server and not values:
+            problems.append(f"{p.where}: `xmodal reindex` on a Qdrant server without --job: its workers share no job")
+        for value in values:
+            for name in re.findall(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)", value):
+                if name not in p.env:
+                    problems.append(f"{p.where}: --job {value}: $({name}) is no variable of the container")
+        job = jobs.get(p.where.split(", container ")[0])
+        if job is None:
+            continue
+        spec = job.body.get("spec") or {}
+        parallelism, completions = int(spec.get("parallelism", 1)), int(spec.get("completions", 1))
+        if not server and parallelism > 1:
+            problems.append(f"{job.where()}: parallelism {parallelism} on the embedded index, which has one writer")
+        if server and completions != parallelism:
+            problems.append(f"{job.where()}: completions {completions} != parallelism {parallelism}: every worker exits 0")
+        if server and parallelism > settings.topic_partitions:
+            problems.append(
+                f"{job.where()}: parallelism {parallelism} > XMODAL_TOPIC_PARTITIONS {settings.topic_partitions}"
+            )
+    return problems
+
+
 def all_problems(root: Path) -> list[str]:
     processes = all_processes(root)
     return (
@@ -557,6 +594,7 @@ def all_problems(root: Path) -> list[str]:
         + check_autoscaling(root)
         + check_topics(root)
         + check_compose_files(root)
+        + check_reindex_workers(root)
     )
 
 
@@ -600,6 +638,15 @@ def test_every_xmodal_variable_is_a_real_setting() -> None:
 
 def test_embedded_storage_is_never_shared_by_scaled_processes() -> None:
     assert check_embedded_storage(all_processes(DEPLOY)) == []
+
+
+def test_reindex_workers_share_one_job_on_the_server() -> None:
+    assert check_reindex_workers(DEPLOY) == []
+    # The server's Job and compose service are there, and run several workers.
+    server_reindex = [
+        p for p in all_processes(DEPLOY) if p.argv[1:2] == ["reindex"] and not p.settings().embedded_index
+    ]
+    assert {p.owner.split()[0] for p in server_reindex} >= {"Job", "compose.yaml"}, [p.owner for p in server_reindex]
 
 
 def test_workers_autoscale_on_their_group_up_to_the_partition_count() -> None:
@@ -691,6 +738,13 @@ def _broken_copy(tmp_path: Path, path: str, old: str, new: str) -> Path:
         ("k8s/gateway.yaml", "component: gateway }\n  ports:", "component: gateways }\n  ports:", "matches no pod"),
         ("k8s/kustomization.yaml", "  - gateway.yaml\n", "  - gateway.yml\n", "gateway.yml, which does not exist"),
         ("k8s/node/reindex-job.yaml", "claimName: data-xmodal-node-0", "claimName: data-xmodal-node", "which no manifest makes"),
+        # server reindex workers that share no job, or do not all complete, or outnumber the partitions
+        ("k8s/reindex-job.yaml", '"--job", "$(REINDEX_JOB)"', '"--restart"', "without --job"),
+        ("compose.yaml", '"--job", "${REINDEX_JOB:-reindex-1}"', '"--drop-old"', "without --job"),
+        ("k8s/reindex-job.yaml", '"$(REINDEX_JOB)"]', '"$(REINDEX_JOB_NAME)"]', "no variable of the container"),
+        ("k8s/reindex-job.yaml", "completions: 4 ", "completions: 1 ", "completions 1 != parallelism 4"),
+        ("k8s/reindex-job.yaml", "parallelism: 4", "parallelism: 16", "parallelism 16 > XMODAL_TOPIC_PARTITIONS 12"),
+        ("k8s/node/reindex-job.yaml", "backoffLimit: 4", "parallelism: 2\n  backoffLimit: 4", "one writer"),
         # scaled processes on the embedded index
         ("compose.node.yaml", 'command: ["up"]', 'command: ["worker"]', "embedded storage is single-process"),
     ],
