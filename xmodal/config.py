@@ -92,7 +92,7 @@ class Settings(BaseSettings):
     # Index (both backends): HNSW graph, quantization, payload indexes. docs/scale.md
     hnsw_m: int = Field(16, ge=2, le=128, description="HNSW edges per node (more: better recall, more memory)")
     hnsw_ef_construct: int = Field(128, ge=4, le=4096, description="HNSW build-time candidate list")
-    search_ef: int = Field(128, ge=1, le=4096, description="HNSW search-time candidate list (hnsw_ef)")
+    search_ef: int = Field(256, ge=1, le=4096, description="HNSW search-time candidate list (hnsw_ef)")
     quantization: Literal["none", "int8", "binary"] = Field(
         "int8", description="vector quantization: int8 (scalar) builds ~2.5x faster at equal recall (docs/scale.md)"
     )

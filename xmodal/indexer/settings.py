@@ -44,7 +44,7 @@ class IndexSettings:
 
     hnsw_m: int = 16
     hnsw_ef_construct: int = 128
-    search_ef: int = 128
+    search_ef: int = 256
     quantization: Quantization = "int8"
     quantization_rescore: bool = True
     quantization_oversampling: float = 2.0
