@@ -3,6 +3,7 @@
     python benchmarks/rerank.py                          # N = 10, 50, 100; the mini cross-encoder if shipped
     python benchmarks/rerank.py --reranker tiny-blip     # a tiny random BLIP (the code path, not BLIP's cost)
     python benchmarks/rerank.py --reranker blip --blip-model /models/blip-itm-base-coco --n 10,50
+    python benchmarks/rerank.py --reranker mini --cross-weights DIR   # a cross.safetensors not yet shipped
     python benchmarks/rerank.py --json                   # the figures as one JSON object
 
 Everything runs in this process through the real Searcher: the `mini` space's towers (MiniLM text,
@@ -49,14 +50,17 @@ from xmodal.thumbnails import ThumbnailSpec, make_thumbnail
 K = 10
 
 
-def build_reranker(kind: str, blip_model: str | None, scratch: Path, threads: int) -> tuple[Reranker, str]:
+def build_reranker(
+    kind: str, blip_model: str | None, scratch: Path, threads: int, cross_weights: Path | None = None
+) -> tuple[Reranker, str]:
     settings = load_settings({"XMODAL_DEVICE": "cpu", "XMODAL_TORCH_THREADS": str(threads)})
     if kind == "mini":
         from xmodal.encoders.mini.cross import MiniCrossEncoder, cross_path
 
-        if not cross_path().is_file():
-            sys.exit(f"no mini cross-encoder at {cross_path()}: train it, or pass --reranker tiny-blip")
-        return MiniCrossEncoder(settings), f"mini cross-encoder ({cross_path().name})"
+        path = cross_path(cross_weights)
+        if not path.is_file():
+            sys.exit(f"no mini cross-encoder at {path}: train it, or pass --reranker tiny-blip")
+        return MiniCrossEncoder(settings, weights_dir=cross_weights), f"mini cross-encoder ({path})"
     from xmodal.encoders.rerank.blip import BlipReranker
 
     if kind == "blip":
@@ -109,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--reranker", choices=["mini", "tiny-blip", "blip"], default=None, help="default: mini if shipped, else tiny-blip")
     parser.add_argument("--blip-model", default=None, help="BLIP weights directory for --reranker blip")
+    parser.add_argument(
+        "--cross-weights", type=Path, default=None,
+        help="directory holding cross.safetensors for --reranker mini (default: the shipped weights)",
+    )
     parser.add_argument("--n", default="10,50,100", help="candidates scored per search (rerank_k), comma-separated")
     parser.add_argument("--queries", type=int, default=30, help="searches per N (each run twice: with and without)")
     parser.add_argument("--gallery", type=int, default=300, help="images in the index")
@@ -127,7 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     threads = args.threads or len(os.sched_getaffinity(0))
 
     with tempfile.TemporaryDirectory() as scratch:
-        reranker, described = build_reranker(kind, args.blip_model, Path(scratch), threads)
+        reranker, described = build_reranker(kind, args.blip_model, Path(scratch), threads, args.cross_weights)
         reranker.load()
         space = MiniSpace()
         space.load()
