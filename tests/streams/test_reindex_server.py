@@ -25,6 +25,7 @@ from xmodal.indexer.provenance import ModelMismatch
 from xmodal.indexer.remote import QdrantIndex
 from xmodal.indexer.settings import IndexSettings
 from xmodal.runtime import Node, Roles
+from xmodal.streams.logread import end_offsets
 from xmodal.streams.reindex import Reindexer
 from xmodal.streams.reindex_server import ServerReindexer, list_server_generations
 from xmodal.streams.verify import verify_space
@@ -132,6 +133,9 @@ def test_two_workers_of_one_job_split_the_partitions_and_switch_once_while_the_s
     assert results[0].handoff == results[1].handoff and set(results[0].handoff) == set(range(PARTITIONS))
     assert traffic.searches >= 40 and traffic.failures == []
     wait_until(lambda: group_caught_up(settings, broker), 120, "the live group to catch up")
+    # Events came after the handoff offsets: only the live workers (replay, then the alias) wrote them.
+    ends = end_offsets(settings, broker, settings.media_topic)
+    assert sum(results[0].handoff.values()) < sum(ends.values())
     report = verify_space(settings, broker, "mini", index=live.index)
     assert report.clean, report
     assert report.generation == generation and report.ok == report.log_ids
