@@ -79,14 +79,14 @@ PERTURB_P = (0.3, 0.3, 0.15, 0.15, 0.1)
 @dataclass
 class CrossTrainConfig:
     seed: int = 0
-    steps: int = 1700
+    steps: int = 4500
     minutes: float = 20.0
     batch: int = 32
-    scene_share: float = 0.6
-    scenes: int = 1000  # twin pairs: twice as many scene images
+    scene_share: float = 0.5
+    scenes: int = 1600  # twin pairs: twice as many scene images
     singles: int = 1000
     captions: int = 2
-    lr: float = 2e-3
+    lr: float = 1e-3
     weight_decay: float = 0.05
     warmup: int = 100
     mine_from: int = 50
