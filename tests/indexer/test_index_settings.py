@@ -270,3 +270,30 @@ def test_settings_round_trip_through_their_record() -> None:
     settings = IndexSettings(hnsw_m=24, quantization="binary", quantization_rescore=False, payload_indexes=("a", "b"))
     assert IndexSettings.from_dict(json.loads(json.dumps(settings.to_dict()))) == settings
     assert IndexSettings.from_dict({**settings.to_dict(), "from_a_newer_xmodal": 1}) == settings
+
+
+def test_a_shard_made_before_settings_were_recorded_reports_what_it_was_built_with(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The layout of earlier xmodal: <root>/<space>/ holding a shard made with the engine's defaults
+    and a manifest with only the dimension."""
+    import qdrant_edge as qe
+
+    space_dir = tmp_path / "index" / "s"
+    space_dir.mkdir(parents=True)
+    shard = qe.EdgeShard.create(str(space_dir), qe.EdgeConfig(vectors=qe.EdgeVectorParams(size=DIM, distance=qe.Distance.Cosine)))
+    shard.update(qe.UpdateOperation.upsert_points([qe.Point(i, v.tolist(), {"item_id": f"i{i}", "modality": "image"})
+                                                    for i, v in enumerate(clustered(50))]))
+    shard.close()
+    (space_dir / "xmodal-space.json").write_text(json.dumps({"space": "s", "dim": DIM, "distance": "cosine"}))
+
+    with caplog.at_level(logging.WARNING, logger="xmodal.indexer.edge"):
+        index = edge(tmp_path, hnsw_m=32, quantization="int8")
+        report = index.index_report("s")
+    assert report["points"] == 50
+    assert report["built_with"]["hnsw_m"] == 16 and report["built_with"]["quantization"] == "none"
+    assert report["rebuild_pending"] is True
+    assert "hnsw_m 16 -> 32" in caplog.text and "quantization 'none' -> 'int8'" in caplog.text
+    index.optimize("s")
+    assert index.index_report("s")["rebuild_pending"] is False
+    index.close()

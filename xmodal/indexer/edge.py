@@ -599,11 +599,13 @@ class EdgeIndex:
         config = engine_config(generation.dim, self._index_settings, indexing_threads=self._indexing_threads)
         try:
             if (path / ENGINE_CONFIG).exists():
+                previous = _engine_build_settings(path / ENGINE_CONFIG)  # before load() rewrites it
                 engine = qe.EdgeShard.load(str(path), config)
             else:
+                previous = None
                 engine = qe.EdgeShard.create(str(path), config)
             _ensure_payload_indexes(engine, self._index_settings)
-            _record_settings(space, path / GENERATION_MANIFEST, self._index_settings)
+            _record_settings(space, path / GENERATION_MANIFEST, self._index_settings, previous)
         except Exception as e:  # the binding raises plain Exception
             lock.release()
             if isinstance(e, VectorIndexError):
@@ -721,12 +723,37 @@ def _ensure_payload_indexes(engine: qe.EdgeShard, settings: IndexSettings) -> No
         engine.update(qe.UpdateOperation.create_field_index(path, qe.PayloadSchemaType.Keyword))
 
 
-def _record_settings(space: str, manifest: Path, settings: IndexSettings) -> None:
-    """Record the build settings the shard is now configured with, and say what a change means."""
+def _engine_build_settings(engine_config_file: Path) -> dict[str, Any]:
+    """The build settings (IndexSettings.build() names) a shard's edge_config.json records; a shard
+    made before xmodal set them has the engine's defaults (m 16, ef_construct 100, no quantization)."""
+    try:
+        config = json.loads(engine_config_file.read_text())
+    except (OSError, ValueError) as e:
+        raise VectorIndexError(f"cannot read {engine_config_file}: {e}") from e
+    hnsw = config.get("hnsw_config") or {}
+    quantization = config.get("quantization_config") or {}
+    kind = "int8" if "scalar" in quantization else "binary" if "binary" in quantization else "none"
+    return {
+        "hnsw_m": hnsw.get("m", 16),
+        "hnsw_ef_construct": hnsw.get("ef_construct", 100),
+        "quantization": kind if kind != "none" or not quantization else "other",
+        "full_scan_threshold_kb": hnsw.get("full_scan_threshold", 10_000),
+    }
+
+
+def _record_settings(
+    space: str, manifest: Path, settings: IndexSettings, previous: dict[str, Any] | None = None
+) -> None:
+    """Record the build settings the shard is now configured with, and say what a change means.
+
+    `previous`: what the shard's engine config said before this open, for a shard whose manifest
+    records no build yet (made before xmodal recorded them)."""
     record = _read_manifest(manifest)
     wanted = settings.build()
     built = record.get("index_built")
-    if built is None:  # a new shard, or one made before settings were recorded: nothing built to compare
+    if built is None and previous is not None:
+        record["index_built"] = built = previous
+    if built is None:  # a new shard: nothing built yet
         record["index_built"] = wanted
     elif changes := settings.build_changes(built):
         log.warning(
