@@ -585,7 +585,7 @@ def reindex(
     qdrant_url: QdrantUrl = None,
 ) -> None:
     """Rebuild a space into a new index generation by replaying the media topic (this process's model,
-    weights and index settings) while it serves, then switch to it (docs/operations.md#re-indexing).
+    weights) while it serves, then switch to it (docs/operations.md#re-indexing).
 
     On a Qdrant server start N workers with the same --job ID: they split the media topic's
     partitions, one switches the alias, the others exit 0 once it has.
