@@ -44,8 +44,29 @@ def xmodal_topics(settings: Settings) -> list[str]:
     return [settings.media_topic, settings.dlq_topic, settings.requests_topic, settings.replies_topic]
 
 
+# Configs of the topics xmodal creates (docs/operations.md; deploy/create-topics.sh sets the same).
+# The media topic is the source of truth a reindex replays, so it is compacted (latest event per id,
+# tombstones kept 7 days), never deleted by age as a broker's default policy would after 7 days.
+MEDIA_TOPIC_CONFIG = {
+    "cleanup.policy": "compact",
+    "min.compaction.lag.ms": "3600000",
+    "delete.retention.ms": "604800000",
+}
+DLQ_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "2592000000"}  # every failure, 30 days
+RPC_TOPIC_CONFIG = {"cleanup.policy": "delete", "retention.ms": "3600000"}  # requests and replies: 1 hour
+
+
+def topic_config(settings: Settings, topic: str) -> dict[str, str]:
+    if topic == settings.media_topic:
+        return dict(MEDIA_TOPIC_CONFIG)
+    if topic == settings.dlq_topic:
+        return dict(DLQ_TOPIC_CONFIG)
+    return dict(RPC_TOPIC_CONFIG)  # the request topic and reply topics
+
+
 def ensure_topics(settings: Settings, bootstrap: str, topics: Iterable[str] | None = None) -> None:
-    """Create the topics xmodal uses if they do not exist (existing ones are left as they are)."""
+    """Create the topics xmodal uses if they do not exist, with `topic_config`'s settings
+    (existing ones are left as they are: docs/operations.md says how to fix an existing one)."""
     admin = AdminClient(client_config(settings, bootstrap))
     wanted = list(topics) if topics is not None else xmodal_topics(settings)
     try:
@@ -56,7 +77,12 @@ def ensure_topics(settings: Settings, bootstrap: str, topics: Iterable[str] | No
     if not missing:
         return
     futures = admin.create_topics(
-        [NewTopic(t, num_partitions=settings.topic_partitions, replication_factor=-1) for t in missing]
+        [
+            NewTopic(
+                t, num_partitions=settings.topic_partitions, replication_factor=-1, config=topic_config(settings, t)
+            )
+            for t in missing
+        ]
     )
     for topic, future in futures.items():
         try:
