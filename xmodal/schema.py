@@ -8,6 +8,7 @@ docs/protocol.md is the reference for these messages.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
 import orjson
@@ -29,6 +30,7 @@ __all__ = [
     "dump_reply",
     "parse_media_event",
     "parse_search_reply",
+    "search_reply_from",
     "parse_search_request",
     "usable_topic",
 ]
@@ -273,8 +275,13 @@ def parse_search_request(value: bytes | None) -> SearchRequest:
 
 
 def parse_search_reply(value: bytes) -> SearchReply:
+    return search_reply_from(_load_json(value, "SearchReply"))
+
+
+def search_reply_from(raw: Mapping[str, Any]) -> SearchReply:
+    """A SearchReply from an already parsed JSON object (no second parse on the reply path)."""
     try:
-        return SearchReply.model_validate(_load_json(value, "SearchReply"))
+        return SearchReply.model_validate(raw)
     except ValidationError as e:
         raise _schema_error(e, "SearchReply") from e
 

@@ -42,8 +42,8 @@ from xmodal.schema import (
     SearchReply,
     SearchRequest,
     dump,
-    parse_search_reply,
     parse_search_request,
+    search_reply_from,
 )
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config
 
@@ -87,7 +87,7 @@ def parse_reply(value: bytes) -> SearchReply:
         known["hits"] = [_only(h, _HIT_FIELDS) for h in known["hits"]]
     if isinstance(known.get("error"), dict):
         known["error"] = _only(known["error"], _ERROR_FIELDS)
-    return parse_search_reply(orjson.dumps(known))
+    return search_reply_from(known)
 
 
 def _only(item: Any, fields: frozenset[str]) -> Any:

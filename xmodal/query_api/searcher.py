@@ -25,6 +25,7 @@ from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import timed
 from xmodal.query_api.backgrounds import Backgrounds
 from xmodal.query_api.fusion import RankedList, calibration, fuse
+from xmodal.query_api.query_cache import DEFAULT_ENTRIES, QueryVectorCache
 from xmodal.query_api.rerank import RerankStage
 from xmodal.schema import Query, SearchHit, SearchRequest
 
@@ -49,8 +50,10 @@ class Searcher:
         limits: MediaLimits,
         *,
         rerank: RerankStage | None = None,
+        query_cache_entries: int = DEFAULT_ENTRIES,
     ) -> None:
-        """`rerank`: the rerank stage (RerankStage.from_settings); None: first stage only."""
+        """`rerank`: the rerank stage (RerankStage.from_settings); None: first stage only.
+        `query_cache_entries`: text-query vectors kept per process (query_cache.py); 0: none."""
         if not spaces:
             raise ValueError("a Searcher needs at least one space")
         self._spaces: dict[str, SerializedEncoder] = {
@@ -60,6 +63,7 @@ class Searcher:
         self._limits = limits.for_encoders(self._spaces.values())  # the same audio bound as ingest
         self._backgrounds = Backgrounds(index)
         self._rerank = rerank
+        self.query_cache = QueryVectorCache(query_cache_entries)
 
     @property
     def spaces(self) -> tuple[str, ...]:
@@ -152,6 +156,11 @@ class Searcher:
         return load_media("audio", data_b64=None, uri=query.uri, limits=self._limits)
 
     def _encode(self, space: str, modality: Modality, content: Any) -> Vectors:
+        if modality == "text":  # a text seen lately is not encoded again (query_cache.py)
+            return self.query_cache.get_or_encode(space, content, lambda: self._encode_now(space, modality, content))
+        return self._encode_now(space, modality, content)
+
+    def _encode_now(self, space: str, modality: Modality, content: Any) -> Vectors:
         encoder = self._spaces[space]
         try:
             if modality == "text":
