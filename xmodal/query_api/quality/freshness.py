@@ -18,6 +18,7 @@ A probe not found within `PROBE_TIMEOUT_S` counts as `timeout` and observes noth
 
 from __future__ import annotations
 
+import collections
 import logging
 import threading
 import time
@@ -67,6 +68,8 @@ class FreshnessMonitor:
         self._producer: Producer | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
+        # This monitor's own outcomes (the Prometheus counter adds up every monitor of the process).
+        self.outcomes: collections.Counter[str] = collections.Counter()
 
     def start(self) -> None:
         if self._producer is not None:
@@ -93,6 +96,7 @@ class FreshnessMonitor:
                 self.probe()
             except Exception:  # a monitor must not die of one bad round; the next one tries again
                 FRESHNESS_PROBES.labels("failed").inc()
+                self.outcomes["failed"] += 1
                 log.exception("freshness probe failed")
 
     def probe(self) -> float | None:
@@ -112,6 +116,7 @@ class FreshnessMonitor:
             return None  # interrupted by stop(): no reading, and no timeout either
         if found is None:
             FRESHNESS_PROBES.labels("timeout").inc()
+            self.outcomes["timeout"] += 1
             log.warning(
                 "freshness probe %s was not found by search within %.0f s of producing it to %s: is ingest running?",
                 key,
@@ -120,6 +125,7 @@ class FreshnessMonitor:
             )
             return None
         FRESHNESS_PROBES.labels("found").inc()
+        self.outcomes["found"] += 1
         FRESHNESS.observe(found)
         log.debug("freshness probe %s found after %.3f s", key, found)
         return found
