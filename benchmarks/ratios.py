@@ -39,7 +39,7 @@ from typing import Any
 import numpy as np
 import orjson
 import torch
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # search_latency's captions and queries
 from search_latency import QUERIES, captions  # noqa: E402
@@ -55,6 +55,12 @@ from xmodal.streams.broker import EmbeddedBroker  # noqa: E402
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config  # noqa: E402
 
 SPACE = "mini"
+
+
+def query_text(i: int) -> str:
+    """The i-th query of a phase: each one new, so no phase is served from the query cache
+    (query_cache.py) except the one that repeats queries on purpose."""
+    return f"{QUERIES[i % len(QUERIES)]}, take {i}"
 
 
 @dataclass(frozen=True)
@@ -91,18 +97,19 @@ def load_average() -> float:
 # -- baselines ------------------------------------------------------------------------------------
 
 
-def kafka_floor(settings: Settings, bootstrap: str, rounds: int) -> list[float]:
+def kafka_floor(settings: Settings, bootstrap: str, rounds: int, *, request_wait_ms: int = 5, reply_wait_ms: int = 5) -> list[float]:
     """A raw request/reply round trip on the broker the service uses, with its clients' settings
-    (linger.ms 0; fetch.wait.max.ms 10 on the request side, 5 on the reply side): the part of a
+    (linger.ms 0, fetch.wait.max.ms 5 on both sides): the part of a
     search no service code can remove."""
     stamp = time.time_ns()
     requests, replies = f"floor-{stamp}.req", f"floor-{stamp}.rep"
     ensure_topics(settings.model_copy(update={"topic_partitions": 1}), bootstrap, [requests, replies])
     producer = Producer(producer_config(settings, bootstrap, **{"linger.ms": 0}))
-    echo_in = Consumer(consumer_config(settings, bootstrap, **{"group.id": f"floor-{stamp}-a", "enable.auto.commit": False}))
-    back = Consumer(consumer_config(settings, bootstrap, **{"group.id": f"floor-{stamp}-b", "enable.auto.commit": False, "fetch.wait.max.ms": 5}))
-    echo_in.assign([TopicPartition(requests, 0, -1)])  # -1: the end, as the service's assign() does
-    back.assign([TopicPartition(replies, 0, -1)])
+    echo_in = Consumer(consumer_config(settings, bootstrap, **{"group.id": f"floor-{stamp}-a", "enable.auto.commit": False, "fetch.wait.max.ms": request_wait_ms}))
+    back = Consumer(consumer_config(settings, bootstrap, **{"group.id": f"floor-{stamp}-b", "enable.auto.commit": False, "fetch.wait.max.ms": reply_wait_ms}))
+    # New topics: from the beginning, so a request produced before the assignment settles is not skipped.
+    echo_in.assign([TopicPartition(requests, 0, OFFSET_BEGINNING)])
+    back.assign([TopicPartition(replies, 0, OFFSET_BEGINNING)])
     stop = threading.Event()
 
     def echo() -> None:
@@ -116,7 +123,6 @@ def kafka_floor(settings: Settings, bootstrap: str, rounds: int) -> list[float]:
     thread.start()
     latencies: list[float] = []
     try:
-        time.sleep(0.5)  # both assignments have their start offsets
         for i in range(rounds + 10):
             key = str(i).encode()
             t0 = time.perf_counter()
@@ -144,7 +150,7 @@ def bare_query_encode(node: Node, rounds: int) -> list[float]:
     latencies = []
     for i in range(rounds + 5):
         t0 = time.perf_counter()
-        encoder.encode_texts([QUERIES[i % len(QUERIES)]])
+        encoder.encode_texts([query_text(i)])  # the texts the 1-client phase sends
         if i >= 5:
             latencies.append((time.perf_counter() - t0) * 1000)
     return latencies
@@ -204,7 +210,9 @@ def wait_for_count(node: Node, target: int, timeout: float) -> float:
             raise SystemExit(f"ingest failed: {node.failure}")
         if time.monotonic() > deadline:
             raise SystemExit(f"the index holds {node.index.count(SPACE)} points, not {target}, after {timeout} s")
-        time.sleep(0.01)
+        # An exact count at 100k holds the GIL for milliseconds (py-spy: 28% of samples at a
+        # 10 ms poll): poll seldom, or the measurement slows what it measures.
+        time.sleep(0.1)
     return time.perf_counter()
 
 
@@ -246,12 +254,12 @@ def decoded(events: Sequence[tuple[str, bytes]], modality: str, limits: MediaLim
 # -- search load ---------------------------------------------------------------------------------
 
 
-def sequential(client: SearchClient, count: int) -> tuple[list[float], float]:
+def sequential(client: SearchClient, count: int, text: Callable[[int], str] = query_text) -> tuple[list[float], float]:
     latencies = []
     t0 = time.perf_counter()
     for i in range(count):
         s = time.perf_counter()
-        hits_or_raise(client.search_async(QUERIES[i % len(QUERIES)], k=10).result(30))
+        hits_or_raise(client.search_async(text(i), k=10).result(30))
         latencies.append((time.perf_counter() - s) * 1000)
     return latencies, count / (time.perf_counter() - t0)
 
@@ -273,7 +281,7 @@ def in_flight(client: SearchClient, count: int, level: int) -> tuple[list[float]
     for i in range(count):
         slots.acquire()
         sent = time.perf_counter()
-        client.search_async(QUERIES[i % len(QUERIES)], k=10, timeout=30).add_done_callback(lambda f, s=sent: done(s, f))
+        client.search_async(query_text(count + i), k=10, timeout=30).add_done_callback(lambda f, s=sent: done(s, f))
     for _ in range(level):
         slots.acquire()
     if failures:
@@ -284,8 +292,9 @@ def in_flight(client: SearchClient, count: int, level: int) -> tuple[list[float]
 class PacedSearches:
     """Open-loop search load: one search every 1/rate s, whatever the replies do, timed in callbacks."""
 
-    def __init__(self, client: SearchClient, rate: float) -> None:
-        self._client, self._period = client, 1.0 / rate
+    def __init__(self, client: SearchClient, rate: float, offset: int) -> None:
+        """`offset`: the first query number (query_text), so that two loads send different queries."""
+        self._client, self._period, self._offset = client, 1.0 / rate, offset
         self.latencies: list[float] = []
         self.failures: list[BaseException] = []
         self._stop = threading.Event()
@@ -317,7 +326,7 @@ class PacedSearches:
         i = 0
         while not self._stop.is_set():
             sent = time.perf_counter()
-            future = self._client.search_async(QUERIES[i % len(QUERIES)], k=10, timeout=30)
+            future = self._client.search_async(query_text(self._offset + i), k=10, timeout=30)
             future.add_done_callback(lambda f, s=sent: self._done(s, f))
             self._pending.append(future)
             i += 1
@@ -447,6 +456,7 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dic
             floor = quantiles(kafka_floor(settings, node.bootstrap, max(50, sizes.queries)))
             encode = quantiles(bare_query_encode(node, max(50, sizes.queries)))
             one, one_rate = sequential(client, sizes.queries)
+            repeated, _ = sequential(client, sizes.queries, lambda i: QUERIES[i % len(QUERIES)])  # cached after warm-up
             say("b: 16 in flight")
             sixteen, sixteen_rate = in_flight(client, sizes.queries * 2, 16)
 
@@ -462,9 +472,9 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dic
             fresh = quantiles(freshness(node, client, producer, text_rate / 2, sizes.freshness_s))
 
             say("e: 20 searches/s idle, then during an ingest")
-            with PacedSearches(client, 20) as idle_load:
+            with PacedSearches(client, 20, 100_000) as idle_load:
                 time.sleep(sizes.paced_s)
-            with PacedSearches(client, 20) as busy_load:
+            with PacedSearches(client, 20, 200_000) as busy_load:
                 busy_rate = ingest(node, producer, text_events("busy", sizes.interference_texts))
             failures = idle_load.failures + busy_load.failures
             if failures:
@@ -477,6 +487,7 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dic
     one_q = quantiles(one)
     report["measured"] = {
         "kafka_floor": floor, "bare_query_encode": encode, "search_1_client": {**one_q, "per_s": round(one_rate, 1)},
+        "search_1_client_repeated_queries": quantiles(repeated),
         "search_16_in_flight": {**quantiles(sixteen), "per_s": round(sixteen_rate, 1)},
         "ingest_text_per_s": round(text_rate, 1), "bare_text_per_s": round(bare_text, 1),
         "ingest_image_per_s": round(image_rate, 1), "bare_image_per_s": round(bare_image, 1),
@@ -497,7 +508,7 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dic
     report["machine"]["load_average_end"] = load_average()
     if plot_path is not None:
         plot(
-            {"1 client": one, "16 in flight": sixteen, "20/s idle": idle_load.latencies, "20/s during ingest": busy_load.latencies},
+            {"1 client": one, "1 client, repeated queries": repeated, "16 in flight": sixteen, "20/s idle": idle_load.latencies, "20/s during ingest": busy_load.latencies},
             plot_path,
         )
         report["plot"] = str(plot_path)

@@ -25,7 +25,7 @@ FIGURES = [
     "text ingest with 20 searches/s",
     "search p99 at 20/s during ingest",
 ]
-LATENCIES = ["kafka_floor", "bare_query_encode", "search_1_client", "search_16_in_flight", "freshness", "paced_20_idle", "paced_20_during_ingest"]
+LATENCIES = ["kafka_floor", "bare_query_encode", "search_1_client", "search_1_client_repeated_queries", "search_16_in_flight", "freshness", "paced_20_idle", "paced_20_during_ingest"]
 RATES = ["ingest_text_per_s", "bare_text_per_s", "ingest_image_per_s", "bare_image_per_s", "ingest_during_searches_per_s"]
 
 
