@@ -10,10 +10,19 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 from xmodal.encoders.mini import corpus
-from xmodal.encoders.mini.cross import CROSS_PAIRS, MiniCrossEncoder, cross_path
+from xmodal.encoders.mini.cross import (
+    CROSS_PAIRS,
+    CrossConfig,
+    CrossModel,
+    MiniCrossEncoder,
+    cross_path,
+    load_cross,
+    save_cross,
+)
 from xmodal.encoders.mini.evaluate_cross import measure, rerank_gallery, score_groups, stored_image
 from xmodal.encoders.mini.space import MiniSpace
 from xmodal.encoders.rerank import Reranker
@@ -102,6 +111,31 @@ def test_missing_checkpoint_is_a_config_error(tmp_path) -> None:
     (tmp_path / "cross.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(ModelLoadError, match="cannot load the mini cross-encoder"):
         MiniCrossEncoder(weights_dir=tmp_path).load()
+
+
+def test_pixel_patch_regions_round_trip_and_need_the_images(tmp_path) -> None:
+    """A model whose regions also read their own 8x8 pixels (train_cross --pixel-patches) saves and
+    loads with that config; its regions follow each patch's pixels, and cannot be made from the
+    maps alone."""
+    torch.manual_seed(0)
+    model = CrossModel(CrossConfig(pixel_patches=True)).eval()
+    save_cross(model, tmp_path / "cross.safetensors", alpha=0.5)
+    loaded, alpha = load_cross(tmp_path / "cross.safetensors")
+    assert loaded.config.pixel_patches and alpha == 0.5
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        regions = loaded.regions(images)
+        np.testing.assert_allclose(regions.numpy(), model.regions(images).numpy(), atol=1e-6)
+        assert regions.shape == (2, 64, loaded.config.width)
+        maps = loaded.feature_map(images)
+        with pytest.raises(ValueError, match="pixel patches"):
+            loaded.regions_from_features(maps)
+        # region 9 is row 1, column 1 of the 8x8 grid: pixels 8-15 down and across
+        changed = images.clone()
+        changed[:, :, 8:16, 8:16] = 1.0 - changed[:, :, 8:16, 8:16]
+        moved = (loaded.regions_from_features(maps, changed) - loaded.regions_from_features(maps, images)).abs()
+    assert moved[:, 9].max() > 1e-3
+    assert moved[:, [k for k in range(64) if k != 9]].max() < 1e-6
 
 
 def test_scores_shape_dtype_and_bad_input(cross: MiniCrossEncoder, pairs) -> None:

@@ -8,9 +8,10 @@ Architecture (ALBEF/BLIP image-text matching, small):
 - text: the frozen MiniLM's token states (the `mini` space's text tower, all-MiniLM-L6-v2, last
   layer, contextual: the state of "circle" in "a red circle and a blue square" knows its
   neighbours), projected to `width`;
-- image: a frozen copy of the shipped image tower's convolutions -> its middle stage's and last
-  stage's 8x8 maps side by side (local and global receptive fields) -> an adapter with learnt
-  position embeddings: 64 region features;
+- image: a copy of the shipped image tower's convolutions (frozen by default in training) -> its
+  middle stage's and last stage's 8x8 maps side by side (local and global receptive fields), plus
+  (`pixel_patches`) each region's own 8x8 pixels through a patch embedding trained from scratch ->
+  an adapter with learnt position embeddings: 64 region features;
 - `layers` blocks of [text self-attention, text -> image cross-attention, MLP] (pre-norm): each
   word looks at the regions, so "red" next to "circle" can check that the circle is the red thing;
 - a match logit from the mean of the text states under the mask and the first token's state.
@@ -80,7 +81,10 @@ class CrossConfig:
     heads: int = 4
     mlp: int = 192
     text_dim: int = 384
-    cnn: tuple[int, int, int] = (32, 64, 128)  # the image tower's widths (a copy of its convolutions, frozen)
+    cnn: tuple[int, int, int] = (32, 64, 128)  # the image tower's widths (a copy of its convolutions)
+    # each region also reads its own 8x8 pixels (a patch embedding trained from scratch): colour and
+    # shape of the same place side by side, which the tower's maps need not keep apart
+    pixel_patches: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,8 +136,9 @@ class _Block(nn.Module):
 class CrossModel(nn.Module):
     """(token states (n, L, 384), mask (n, L), images (n, 3, 64, 64) in [0, 1]) -> match logits (n,).
 
-    `features` is a frozen copy of the shipped image tower's convolutions (its 8x8 map of 128
-    channels); what is trained reads that map (region adapter, position embeddings) and the text.
+    `features` is a copy of the shipped image tower's convolutions (its 8x8 maps), initialised
+    from the tower; training either keeps it frozen or fine-tunes it (train_cross `--cnn-lr`),
+    with its batch-norm statistics kept either way.
     """
 
     def __init__(self, config: CrossConfig = CrossConfig()) -> None:
@@ -145,8 +150,9 @@ class CrossModel(nn.Module):
             *_conv(3, a, 5, 2), *_conv(a, a), nn.MaxPool2d(2), *_conv(a, b), *_conv(b, b), nn.MaxPool2d(2),
             *_conv(b, c), *_conv(c, c),
         )  # fmt: skip
-        self.features.requires_grad_(False)
+        self.features.requires_grad_(False)  # the trainer turns it on to fine-tune
         self.region_in = nn.Linear(b + c, config.width)
+        self.patch_in = nn.Linear(3 * 8 * 8, config.width) if config.pixel_patches else None
         self.region_mlp = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, config.width), nn.GELU())
         self.region_pos = nn.Parameter(torch.randn(64, config.width) * 0.02)
         self.region_norm = nn.LayerNorm(config.width)
@@ -158,27 +164,41 @@ class CrossModel(nn.Module):
 
     def train(self, mode: bool = True) -> CrossModel:
         super().train(mode)
-        self.features.eval()  # frozen, batch norm included
+        self.features.eval()  # batch-norm statistics stay the tower's (fine-tuning or not)
         return self
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(n, 3, 64, 64) -> (n, 64, 64 + 128): the frozen convolutions' 8x8 maps (training caches them).
+        """(n, 3, 64, 64) -> (n, 64, 64 + 128): the convolutions' 8x8 maps, without gradients.
 
         Two depths side by side: the middle stage's pooled map (receptive field about 27 px: one
         object, mostly) and the last stage's (about the whole image: the tower's own view)."""
         with torch.no_grad():
-            middle = self.features[:14]((images - self.mean) / 0.25)
-            last = self.features[14:](middle)
-            return torch.cat([middle, last], dim=1).flatten(2).transpose(1, 2)
+            return self.trainable_feature_map(images)
 
-    def regions_from_features(self, features: torch.Tensor) -> torch.Tensor:
+    def trainable_feature_map(self, images: torch.Tensor) -> torch.Tensor:
+        """`feature_map` with gradients: training fine-tunes the copied convolutions (batch norm
+        statistics stay the tower's), so that a region's feature can learn to hold its own colour
+        and shape together, which the tower, made for one pooled description, did not need."""
+        middle = self.features[:14]((images - self.mean) / 0.25)
+        last = self.features[14:](middle)
+        return torch.cat([middle, last], dim=1).flatten(2).transpose(1, 2)
+
+    def regions_from_features(self, features: torch.Tensor, images: torch.Tensor | None = None) -> torch.Tensor:
+        """Region features from the convolutions' maps (and the images, with `pixel_patches`)."""
         h = self.region_in(features.to(self.region_pos.dtype))
+        if self.patch_in is not None:
+            if images is None:
+                raise ValueError("this cross-encoder reads pixel patches: pass the images")
+            # (n, 3, 64, 64) -> (n, 64 regions in row order, 3 * 8 * 8), the maps' region order
+            x = (images.to(h.dtype) - self.mean) / 0.25
+            patches = x.unfold(2, 8, 8).unfold(3, 8, 8).permute(0, 2, 3, 1, 4, 5).reshape(len(x), 64, -1)
+            h = h + self.patch_in(patches)
         h = h + self.region_mlp(h)
         return self.region_norm(h + self.region_pos)
 
     def regions(self, images: torch.Tensor) -> torch.Tensor:
         """(n, 3, 64, 64) -> (n, 64, width): the 8x8 region features an image is seen through."""
-        return self.regions_from_features(self.feature_map(images))
+        return self.regions_from_features(self.feature_map(images), images)
 
     def match(
         self,

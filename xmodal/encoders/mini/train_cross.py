@@ -21,9 +21,14 @@ The ALBEF/BLIP recipe, small, on the synthetic corpus:
    four pairs: the positive; the twin's caption (scenes) or a perturbed one (single objects); a
    mined caption; and the anchor caption with a negative image (the twin for half of the scenes,
    else a mined image the caption is not true of); plus a softmax over the anchor's three captions
-   and one over the caption's two images. AdamW, warmup then cosine decay. The CNN is a frozen copy
-   of the shipped image tower's convolutions: their 8x8 maps of every pool image (four views: JPEG,
-   original, each mirrored) are computed once, so a step trains only what reads them.
+   and one over the caption's two images; every pair against a scene's twin (its caption, its
+   image: the negative image of `--twin-image-share` of the scene anchors) weighs `--twin-weight`.
+   AdamW, warmup then cosine decay. The CNN is a copy of the shipped image tower's convolutions:
+   frozen by default (`--cnn-lr 0`), their 8x8 maps of every pool image (four views: JPEG,
+   original, each mirrored) computed once, so a step trains only what reads them (with
+   `--pixel-patches`, also an embedding of each region's own 8x8 pixels); `--cnn-lr` > 0
+   fine-tunes the copy instead (every step then runs it: over 1.6 s a step on the loaded 2-core
+   machine, against about 0.2 s frozen).
 5. alpha: the scale of the adjustment (`alpha * logit`, added to the calibrated first-stage score),
    fitted on a validation gallery of *training* swap classes (fresh draws; evaluate_cross.fit_alpha);
    then the held-out gallery's figures (evaluate_cross.evaluate) go into `<out>/cross.json`.
@@ -101,6 +106,13 @@ class CrossTrainConfig:
     eval_n: int = 100
     eval_seed: int = 0
     rerank_k: int = 50
+    # learning rate of the copied image-tower convolutions; 0 keeps them frozen (their maps cached)
+    cnn_lr: float = 0.0
+    # the swapped twin is the point: the share of scene anchors whose negative image is the twin,
+    # and the loss weight of every pair against a twin (its caption, its image)
+    # (the shipped run: 0.5 and 1; 0.8 and 3 with pixel patches did worse, docs/mini.md)
+    twin_image_share: float = 0.5
+    twin_weight: float = 1.0
     token_cache: str | None = None  # directory: MiniLM token states kept across runs (the same texts, the same states)
     model: CrossConfig = CrossConfig()
 
@@ -274,9 +286,11 @@ class _Batcher:
     def _pick(self, options: list[int]) -> int:
         return options[int(self.rng.integers(len(options)))]
 
-    def batch(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Cached feature maps (2B, 64, 128) [anchors, negative images], text states (3B, L, 384)
-        [positive, twin's or perturbed, mined], mask (3B, L)."""
+    def batch(self) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Images (2B, 3, 64, 64) in [0, 1] and, when the convolutions are frozen, their cached
+        feature maps (2B, 64, 192) [anchors, negative images]; text states (3B, L, 384) [positive,
+        twin's or perturbed, mined], mask (3B, L); per anchor, whether its hard caption is the
+        twin's (B,) and whether its negative image is the twin (B,)."""
         cfg, pool = self.cfg, self.pool
         n_scene = int(round(cfg.batch * cfg.scene_share))
         anchors = np.concatenate(
@@ -284,23 +298,29 @@ class _Batcher:
         )
         texts: list[list[int]] = [[], [], []]
         negatives = []
-        for i in anchors:
+        twin_image = np.zeros(len(anchors), dtype=bool)
+        for k, i in enumerate(anchors):
             i = int(i)
             p = self._pick(pool.positives[i])
             texts[0].append(p)
             texts[1].append(self._pick(pool.hard[i]) if pool.hard[i] else self._false_caption(i))
             texts[2].append(self._pick(pool.mined_texts[i]) if pool.mined_texts[i] else self._false_caption(i))
-            if pool.is_scene[i] and self.rng.random() < 0.5:
+            if pool.is_scene[i] and self.rng.random() < cfg.twin_image_share:
                 negatives.append(int(pool.twin[i]))
+                twin_image[k] = True
             else:
                 negatives.append(self._false_image(p, pool.mined_images[i]))
         ids = torch.from_numpy(np.concatenate([anchors, negatives]).astype(np.int64))
         # the stored JPEG view (a candidate) or the original (an image query), mirrored half of the time
         view = torch.from_numpy((self.rng.random(len(ids)) >= cfg.jpeg_share).astype(np.int64))
         flip = torch.from_numpy((self.rng.random(len(ids)) < 0.5).astype(np.int64))
-        features = pool.features[ids, view * 2 + flip]
         text = pad_states([self.states[c] for group in texts for c in group])
-        return features, text.states, text.mask
+        twin_caption = torch.from_numpy(pool.is_scene[anchors])
+        use_view = (view == 0).view(-1, 1, 1, 1)
+        x = torch.where(use_view, pool.views[ids], pool.originals[ids]).float().div(255.0)
+        images = torch.where(flip.bool().view(-1, 1, 1, 1), x.flip(3), x)
+        features = pool.features[ids, view * 2 + flip] if pool.features is not None else None
+        return images, features, text.states, text.mask, twin_caption, torch.from_numpy(twin_image)
 
 
 def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
@@ -324,15 +344,23 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
 
     tower_state = load_file(str(WEIGHTS_DIR / "image.safetensors"))
     model.features.load_state_dict({k[9:]: v for k, v in tower_state.items() if k.startswith("features.")})
-    t0 = time.monotonic()
-    pool.features = cache_features(model, pool)
-    log(f"frozen feature maps of {len(pool.attributes)} images x 4 views in {time.monotonic() - t0:.1f}s")
+    tune_cnn = cfg.cnn_lr > 0
+    if tune_cnn:
+        model.features.requires_grad_(True)
+    else:
+        t0 = time.monotonic()
+        pool.features = cache_features(model, pool)
+        log(f"frozen feature maps of {len(pool.attributes)} images x 4 views in {time.monotonic() - t0:.1f}s")
     model.train()
+    cnn = {id(p) for p in model.features.parameters()}
     trained = [p for p in model.parameters() if p.requires_grad]
     groups = [
-        {"params": [p for p in trained if p.ndim > 1], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in trained if p.ndim <= 1], "weight_decay": 0.0},
+        {"params": [p for p in trained if p.ndim > 1 and id(p) not in cnn], "weight_decay": cfg.weight_decay},
+        {"params": [p for p in trained if p.ndim <= 1 and id(p) not in cnn], "weight_decay": 0.0},
     ]
+    if tune_cnn:
+        tuned = [p for p in trained if id(p) in cnn]
+        groups.append({"params": tuned, "weight_decay": 0.0, "lr_scale": cfg.cnn_lr / cfg.lr})
     opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=(0.9, 0.98))
     batcher = _Batcher(pool, captions, states, cfg)
     b = cfg.batch
@@ -352,14 +380,19 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
             log(f"WARNING: time guard reached at step {step} of {cfg.steps}")
             break
         for g in opt.param_groups:
-            g["lr"] = cfg.lr * _lr_factor(step, cfg.steps, cfg.warmup)
-        features, s, m = batcher.batch()
+            g["lr"] = cfg.lr * g.get("lr_scale", 1.0) * _lr_factor(step, cfg.steps, cfg.warmup)
+        images, features, s, m, twin_caption, twin_image = batcher.batch()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
-            regions = model.regions_from_features(features)
+            if features is None:
+                features = model.trainable_feature_map(images)
+            regions = model.regions_from_features(features, images)
             logits = model.match(s, m, regions, text_index, image_index).float()
         by_text = torch.stack([logits[k * b : (k + 1) * b] for k in range(3)], dim=1)  # (b, 3): positive first
         by_image = torch.stack([logits[:b], logits[3 * b :]], dim=1)  # (b, 2)
-        bce = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=torch.tensor(3.0))
+        weights = torch.ones(4 * b)
+        weights[b : 2 * b][twin_caption] = cfg.twin_weight
+        weights[3 * b :][twin_image] = cfg.twin_weight
+        bce = F.binary_cross_entropy_with_logits(logits, labels, weight=weights, pos_weight=torch.tensor(3.0))
         loss = bce + 0.5 * (F.cross_entropy(by_text, target) + F.cross_entropy(by_image, target))
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -440,6 +473,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--singles", type=int, default=d.singles)
     parser.add_argument("--captions", type=int, default=d.captions)
     parser.add_argument("--lr", type=float, default=d.lr)
+    parser.add_argument("--cnn-lr", type=float, default=d.cnn_lr, help="the copied convolutions' (0: frozen)")
+    parser.add_argument("--twin-weight", type=float, default=d.twin_weight)
+    parser.add_argument("--twin-image-share", type=float, default=d.twin_image_share)
+    parser.add_argument("--pixel-patches", action="store_true", help="regions also read their own 8x8 pixels")
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--val-n", type=int, default=d.val_n)
     parser.add_argument("--eval-n", type=int, default=d.eval_n)
@@ -450,7 +487,9 @@ def main(argv: list[str] | None = None) -> int:
     cfg = CrossTrainConfig(
         seed=args.seed, steps=args.steps, minutes=args.minutes, batch=args.batch, scenes=args.scenes,
         singles=args.singles, captions=args.captions, lr=args.lr, threads=args.threads, val_n=args.val_n,
-        eval_n=args.eval_n, bf16=args.bf16, token_cache=args.token_cache,
+        eval_n=args.eval_n, bf16=args.bf16, token_cache=args.token_cache, cnn_lr=args.cnn_lr,
+        twin_weight=args.twin_weight, twin_image_share=args.twin_image_share,
+        model=CrossConfig(pixel_patches=args.pixel_patches),
     )  # fmt: skip
     train(cfg, args.out)
     return 0
