@@ -7,14 +7,12 @@ dimensions, creating topics) and fails early with a ConfigError/BrokerError that
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, TYPE_CHECKING
+from typing import TYPE_CHECKING
 
 from xmodal.config import Settings
 from xmodal.encoders.base import Encoder, SerializedEncoder
@@ -24,6 +22,7 @@ from xmodal.errors import BrokerError, ConfigError, XmodalError
 from xmodal.indexer import open_index
 from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import serve_metrics
+from xmodal.pidlock import PidLock
 from xmodal.streams.broker import ADDRESS_FILE, EmbeddedBroker, read_recorded_address, record_address
 from xmodal.streams.kafka import ensure_topics
 
@@ -59,34 +58,19 @@ class IndexLock:
     """The embedded index belongs to one process; a second one gets a clear error, not corruption."""
 
     def __init__(self, path: Path) -> None:
-        self._path = path
-        self._file: IO[str] | None = None
+        self._lock = PidLock(path)
 
     def acquire(self) -> None:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self._path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "another process"
-            handle.close()
+        owner = self._lock.try_acquire()
+        if owner is not None:
             raise ConfigError(
-                f"the embedded index in {self._path.parent} is in use by pid {owner}. Embedded storage is "
+                f"the embedded index in {self._lock.path.parent} is in use by pid {owner}. Embedded storage is "
                 "single-process: use that process (xmodal up hosts ingest and search), another "
                 "XMODAL_DATA_DIR, or a Qdrant server (XMODAL_QDRANT_URL)"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
+            )
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        self._lock.release()
 
 
 class Node:

@@ -32,7 +32,6 @@ old one, then the directory is fsynced. The pointer is only ever moved to a read
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import json
 import os
 import re
@@ -41,9 +40,10 @@ import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import IO, Any, Literal
+from typing import Any, Literal
 
 from xmodal.errors import VectorIndexError
+from xmodal.pidlock import PidLock
 
 __all__ = [
     "ENGINE_CONFIG",
@@ -124,33 +124,19 @@ class GenerationLock:
 
     def __init__(self, generation: Generation) -> None:
         self._generation = generation
-        self._file: IO[str] | None = None
+        self._lock = PidLock(generation.path / GENERATION_LOCK)
 
     def acquire(self) -> GenerationLock:
-        path = self._generation.path / GENERATION_LOCK
-        handle = path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            handle.close()
+        owner = self._lock.try_acquire()
+        if owner is not None:
             raise GenerationBusy(
                 f"generation {self._generation.name} of space {self._generation.space!r} at "
                 f"{self._generation.path} is in use by another process, or another EdgeIndex (pid {owner})"
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
+            )
         return self
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        self._lock.release()
 
 
 class SpaceLayout:

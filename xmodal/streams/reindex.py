@@ -26,7 +26,6 @@ the partitions: xmodal/streams/reindex_server.py, which `Reindexer` hands server
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -34,12 +33,13 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, ConfigError, VectorIndexError, XmodalError
+from xmodal.pidlock import PidLock
 from xmodal.streams.handoff import HANDOFF_KEY, to_record
 from xmodal.streams.kafka import consumer_config
 from xmodal.streams.logread import committed_offsets, end_offsets, ingest_group
@@ -90,36 +90,21 @@ class ReindexLock:
     """One reindex of a space at a time, per data dir: an flock, gone with its process."""
 
     def __init__(self, data_dir: Path, space: str) -> None:
-        self._path = data_dir / f"reindex-{space}.lock"
+        self._lock = PidLock(data_dir / f"reindex-{space}.lock")
         self._space = space
-        self._file: IO[str] | None = None
 
     def acquire(self) -> ReindexLock:
-        self._path.parent.mkdir(parents=True, exist_ok=True)
-        handle = self._path.open("a+")
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.seek(0)
-            owner = handle.read().strip() or "?"
-            handle.close()
+        owner = self._lock.try_acquire()
+        if owner is not None:
             raise ConfigError(
-                f"a reindex of space {self._space!r} is already running (pid {owner}, lock {self._path}); "
+                f"a reindex of space {self._space!r} is already running (pid {owner}, lock {self._lock.path}); "
                 "wait for it to finish, or stop it (a rerun resumes it)",
                 code="reindex_running",
-            ) from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(str(os.getpid()))
-        handle.flush()
-        self._file = handle
+            )
         return self
 
     def release(self) -> None:
-        if self._file is not None:
-            fcntl.flock(self._file, fcntl.LOCK_UN)
-            self._file.close()
-            self._file = None
+        self._lock.release()
 
 
 class _server_index:
