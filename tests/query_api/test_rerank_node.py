@@ -2,9 +2,9 @@
 the shipped `mini` space and the rerank stage the Node builds from the settings (registry.py).
 
 Images go in as MediaEvents through Kafka, so their thumbnails (the views the cross-encoder reads)
-are the ones ingest makes. Which tests run depends on whether the mini cross-encoder's checkpoint
-is shipped in this tree: without it, asking to rerank is `rerank_unavailable` and XMODAL_RERANK=true
-refuses to start; with it, replies come back reranked.
+are the ones ingest makes. With the shipped checkpoint replies come back reranked; an install whose
+checkpoint is missing (pointed at an absent file here) answers `rerank_unavailable` to a request
+that asks, and refuses to start with XMODAL_RERANK=true.
 """
 
 from __future__ import annotations
@@ -32,7 +32,14 @@ try:
 except ImportError:
     SHIPPED = False
 needs_checkpoint = pytest.mark.skipif(not SHIPPED, reason="the mini cross-encoder checkpoint is not shipped in this tree")
-without_checkpoint = pytest.mark.skipif(SHIPPED, reason="the mini cross-encoder checkpoint is shipped: see the reranking tests")
+
+
+@pytest.fixture
+def without_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
+    """An install without the checkpoint: the mini reranker looks for a file that is not there."""
+    import xmodal.encoders.mini.cross as cross
+
+    monkeypatch.setattr(cross, "cross_path", lambda weights_dir=None: tmp_path / "absent" / "cross.safetensors")
 
 ITEMS = image_items(12, "seen", seed=3)
 
@@ -57,7 +64,7 @@ def node(broker: str, make_settings: Any) -> Iterator[Node]:
         yield running
 
 
-@without_checkpoint
+@pytest.mark.usefixtures("without_checkpoint")
 def test_without_the_checkpoint_asking_to_rerank_says_why(node: Node) -> None:
     with SearchClient(node.settings, node.bootstrap) as client:
         plain = client.search(ITEMS[0].caption, k=5, modalities=["image"])
@@ -68,7 +75,7 @@ def test_without_the_checkpoint_asking_to_rerank_says_why(node: Node) -> None:
     assert "mini" in caught.value.message and "cross" in caught.value.message
 
 
-@without_checkpoint
+@pytest.mark.usefixtures("without_checkpoint")
 def test_without_the_checkpoint_rerank_on_by_default_refuses_to_start(broker: str, make_settings: Any) -> None:
     with pytest.raises(ConfigError, match="XMODAL_RERANK=true but the mini reranker cannot load") as caught:
         Node(make_settings(kafka_bootstrap=broker, rerank="true"), Roles(ingest=False, query=True)).start()
