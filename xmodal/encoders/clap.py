@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xmodal.encoders.base import Modality, Vectors, Waveform
+from xmodal.encoders._hub import resolve_model_dir
 from xmodal.encoders._torch import TorchRuntime, concat_rows, finish_vectors
 from xmodal.errors import EncodeError, ModelLoadError
 
@@ -49,20 +50,7 @@ PRESEED_HINT = (
 
 def resolve_clap_dir(model: str, hub_cache: str | Path | None = None) -> Path:
     """The local directory holding `XMODAL_CLAP_MODEL`, or ModelLoadError. Never touches the network."""
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
-        raise ModelLoadError(f"clap model directory not found: {path}; {PRESEED_HINT}")
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    config = try_to_load_from_cache(model, "config.json", cache_dir=hub_cache)
-    if not isinstance(config, str):
-        raise ModelLoadError(
-            f"clap model {model} is not in the local hub cache {hub_cache or constants.HF_HUB_CACHE} "
-            f"(nothing is downloaded); {PRESEED_HINT}"
-        )
-    return Path(config).parent  # the cached snapshot is a complete model directory
+    return resolve_model_dir("clap", model, hint=PRESEED_HINT, hub_cache=hub_cache)
 
 
 def audio_windows(n_samples: int, window: int, max_windows: int = DEFAULT_MAX_WINDOWS) -> list[tuple[int, int]]:

@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from numpy.typing import NDArray
 
+from xmodal.encoders._hub import resolve_model_dir
 from xmodal.encoders._torch import TorchRuntime
 from xmodal.encoders.base import Modality
 from xmodal.errors import EncodeError, ModelLoadError
@@ -52,20 +53,7 @@ def resolve_blip_dir(model: str, hub_cache: str | Path | None = None) -> Path:
     """The local directory holding `XMODAL_BLIP_MODEL`, or ModelLoadError. Never touches the network."""
     if not model.strip():
         raise ModelLoadError(f"XMODAL_BLIP_MODEL is not set: the clip space has no BLIP reranker; {PRESEED_HINT}")
-    path = Path(model).expanduser()
-    if path.is_dir():
-        return path
-    if path.is_absolute() or model.startswith((".", "~")) or model.count("/") != 1:
-        raise ModelLoadError(f"BLIP model directory not found: {path}; {PRESEED_HINT}")
-    from huggingface_hub import constants, try_to_load_from_cache
-
-    config = try_to_load_from_cache(model, "config.json", cache_dir=hub_cache)
-    if not isinstance(config, str):
-        raise ModelLoadError(
-            f"BLIP model {model} is not in the local hub cache {hub_cache or constants.HF_HUB_CACHE} "
-            f"(nothing is downloaded); {PRESEED_HINT}"
-        )
-    return Path(config).parent
+    return resolve_model_dir("BLIP", model, hint=PRESEED_HINT, hub_cache=hub_cache)
 
 
 @dataclass
