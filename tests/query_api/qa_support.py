@@ -11,16 +11,19 @@ from __future__ import annotations
 
 import io
 import math
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 import soundfile as sf
 from PIL import Image
 from qdrant_client import QdrantClient
 
+from xmodal.config import Settings, load_settings
 from xmodal.encoders.base import Encoder, Modality, Vectors, Waveform, l2_normalize
 from xmodal.encoders.mini.text import MINILM_DIM, MiniLMText
 from xmodal.errors import EncodeError
@@ -105,6 +108,24 @@ CORPUS: dict[str, tuple[str, str, list[float], dict[str, Any]]] = {
     "img/blue-sky": ("image", "a clear blue sky", [0.1, 0.1, 1, 0.05], {"album": "weather", "n": 7}),
     "snd/bark": ("audio", "a dog barks twice", [0.05, 0.05, 0.05, 1], {"album": "animals", "n": 8}),
 }
+
+
+@pytest.fixture(scope="module")
+def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
+    """Settings of a module's own query service on the session broker: its own topic prefix and
+    data dir, 2 partitions, a quick group join, 4 request workers (import it into the module)."""
+    return load_settings(
+        {
+            "XMODAL_TOPIC_PREFIX": f"q{uuid.uuid4().hex[:10]}",
+            "XMODAL_DATA_DIR": str(tmp_path_factory.mktemp("data")),
+            "XMODAL_METRICS_PORT": "0",
+            "XMODAL_TOPIC_PARTITIONS": "2",
+            "XMODAL_SESSION_TIMEOUT_MS": "3000",
+            "XMODAL_QUERY_CONCURRENCY": "4",
+            "XMODAL_SEARCH_TIMEOUT_S": "10",
+            "XMODAL_RERANK_K": "50",
+        }
+    )
 
 
 def make_request(**fields: Any) -> SearchRequest:

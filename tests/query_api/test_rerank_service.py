@@ -15,7 +15,7 @@ from typing import Any
 import orjson
 import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
-from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes
+from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, settings  # noqa: F401 - a fixture
 from rerank_support import RuleReranker, expected_adjustment, populate_gallery
 
 from xmodal.config import Settings, load_settings
@@ -28,21 +28,6 @@ from xmodal.schema import SearchReply
 from xmodal.streams.kafka import ensure_topics
 
 pytestmark = pytest.mark.broker
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(
-        {
-            "XMODAL_TOPIC_PREFIX": f"r{uuid.uuid4().hex[:10]}",
-            "XMODAL_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-            "XMODAL_METRICS_PORT": "0",
-            "XMODAL_TOPIC_PARTITIONS": "2",
-            "XMODAL_SESSION_TIMEOUT_MS": "3000",
-            "XMODAL_QUERY_CONCURRENCY": "4",
-            "XMODAL_RERANK_K": "50",
-        }
-    )
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 from numpy.typing import NDArray
 from prometheus_client import REGISTRY
-from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, populate
+from qa_support import CORPUS, MiniText, ToySpace, open_backend, png_bytes, populate, settings  # noqa: F401 - a fixture
 
 from xmodal.config import Settings, load_settings
 from xmodal.encoders.media import MediaLimits
@@ -71,21 +71,6 @@ class TrapIndex:
                     self.held -= 1
             filter = None
         return self._inner.search(space, vector, k, modalities=modalities, filter=filter, with_thumbnails=with_thumbnails, exact=exact)
-
-
-@pytest.fixture(scope="module")
-def settings(tmp_path_factory: pytest.TempPathFactory) -> Settings:
-    return load_settings(
-        {
-            "XMODAL_TOPIC_PREFIX": f"q{uuid.uuid4().hex[:10]}",
-            "XMODAL_DATA_DIR": str(tmp_path_factory.mktemp("data")),
-            "XMODAL_METRICS_PORT": "0",
-            "XMODAL_TOPIC_PARTITIONS": "2",
-            "XMODAL_SESSION_TIMEOUT_MS": "3000",
-            "XMODAL_QUERY_CONCURRENCY": "4",
-            "XMODAL_SEARCH_TIMEOUT_S": "10",
-        }
-    )
 
 
 @pytest.fixture(scope="module")
