@@ -16,7 +16,14 @@ c. ingest of texts and mini images end to end (first produce to the last point i
 d. freshness at half the idle text ingest rate: a client produces at that rate and polls search for
    probe items until each is found (produce -> first reply that holds it);
 e. text ingest while 20 searches/s are sent, against the idle ingest rate of (c), and those searches'
-   p99 against the same paced load with no ingest.
+   p99 against the same paced load with no ingest;
+f. ingest of images into a `clip` space (random-init ViT-B-32 saved as a local checkpoint: the real
+   architecture's compute, no hub) on a second Node of its own, against that tower's bare batched
+   encode over the same decoded inputs.
+
+`--phases c,d` runs only those phases (the index is filled and built whatever is chosen, so each
+phase sees the same index; d and e take their rate and baseline from (c)'s text ingest, which they
+run when c is not chosen).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from xmodal.streams.broker import EmbeddedBroker  # noqa: E402
 from xmodal.streams.kafka import consumer_config, ensure_topics, producer_config  # noqa: E402
 
 SPACE = "mini"
+PHASES = "abcdef"
 
 
 def query_text(i: int) -> str:
@@ -72,15 +80,32 @@ class Sizes:
     freshness_s: float
     paced_s: float
     interference_texts: int
+    clip_images: int
 
     @classmethod
     def of(cls, args: argparse.Namespace) -> Sizes:
         if args.quick:
-            return cls(items=300, queries=30, texts=120, images=40, freshness_s=3.0, paced_s=3.0, interference_texts=120)
+            return cls(
+                items=300, queries=30, texts=120, images=40, freshness_s=3.0, paced_s=3.0, interference_texts=120,
+                clip_images=16,
+            )
         return cls(
             items=args.items, queries=args.queries, texts=2000, images=1000, freshness_s=20.0, paced_s=15.0,
-            interference_texts=3000,
+            interference_texts=3000, clip_images=args.clip_images,
         )
+
+
+def parse_phases(value: str) -> frozenset[str]:
+    """'c,d' -> {'c', 'd'}; 'all' -> every phase. Unknown letters are refused (argparse reports it)."""
+    if value.strip().lower() == "all":
+        return frozenset(PHASES)
+    chosen = {p.strip().lower() for p in value.split(",") if p.strip()}
+    unknown = sorted(chosen - set(PHASES))
+    if unknown or not chosen:
+        raise argparse.ArgumentTypeError(
+            f"phases are comma-separated letters of {','.join(PHASES)} (or 'all'), not {value!r}"
+        )
+    return frozenset(chosen)
 
 
 def quantiles(values: Sequence[float]) -> dict[str, float]:
@@ -156,9 +181,9 @@ def bare_query_encode(node: Node, rounds: int) -> list[float]:
     return latencies
 
 
-def bare_batched_encode(node: Node, contents: Sequence[Any], modality: str) -> float:
+def bare_batched_encode(node: Node, contents: Sequence[Any], modality: str, *, space: str = SPACE) -> float:
     """Items per second of the space's tower over already decoded inputs, in the pipeline's batches."""
-    encoder = node.spaces[SPACE]
+    encoder = node.spaces[space]
     encode: Callable[[Sequence[Any]], Any] = encoder.encode_texts if modality == "text" else encoder.encode_images
     batch = node.settings.batch_size
     encode(list(contents[:batch]))  # warm: first call picks kernels
@@ -202,14 +227,14 @@ def build_hnsw(node: Node) -> dict[str, Any]:
     return {"build_s": round(time.perf_counter() - t0, 1), "indexed": result.indexed}
 
 
-def wait_for_count(node: Node, target: int, timeout: float) -> float:
+def wait_for_count(node: Node, target: int, timeout: float, space: str = SPACE) -> float:
     assert node.index is not None
     deadline = time.monotonic() + timeout
-    while node.index.count(SPACE) < target:
+    while node.index.count(space) < target:
         if node.failure is not None:
             raise SystemExit(f"ingest failed: {node.failure}")
         if time.monotonic() > deadline:
-            raise SystemExit(f"the index holds {node.index.count(SPACE)} points, not {target}, after {timeout} s")
+            raise SystemExit(f"the index holds {node.index.count(space)} points, not {target}, after {timeout} s")
         # An exact count at 100k holds the GIL for milliseconds (py-spy: 28% of samples at a
         # 10 ms poll): poll seldom, or the measurement slows what it measures.
         time.sleep(0.1)
@@ -231,16 +256,16 @@ def image_events(prefix: str, count: int) -> list[tuple[str, bytes]]:
     ]
 
 
-def ingest(node: Node, producer: Producer, events: Sequence[tuple[str, bytes]]) -> float:
+def ingest(node: Node, producer: Producer, events: Sequence[tuple[str, bytes]], *, space: str = SPACE) -> float:
     """Events per second from the first produce until the index holds every one."""
     assert node.index is not None
-    before = node.index.count(SPACE)
+    before = node.index.count(space)
     t0 = time.perf_counter()
     for key, value in events:
         producer.produce(node.settings.media_topic, value, key=key.encode())
         producer.poll(0)
     producer.flush(30)
-    done = wait_for_count(node, before + len(events), 600)
+    done = wait_for_count(node, before + len(events), 600, space)
     return len(events) / (done - t0)
 
 
@@ -424,14 +449,52 @@ def plot(latencies: dict[str, list[float]], path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dict[str, Any]:
+def clip_checkpoint(directory: Path) -> Path:
+    """A random-init open_clip ViT-B-32 saved as a state_dict file, loaded back through the same
+    local-path code users take offline (tests/encoders/conftest.py does the same): the real model's
+    compute with no hub."""
+    import open_clip
+
+    torch.manual_seed(0)
+    model = open_clip.create_model("ViT-B-32", pretrained=None)
+    path = directory / "open_clip_pytorch_model.bin"
+    torch.save(model.state_dict(), path)
+    return path
+
+
+def clip_ingest(base: Settings, bootstrap: str, directory: Path, count: int) -> tuple[float, float]:
+    """(f): images ingested end to end by a Node whose one space is `clip`, and the bare batched
+    ViT-B-32 over the same decoded inputs (items/s each). Its own topics and data dir, same broker."""
+    settings = base.model_copy(
+        update={
+            "spaces": ("clip",), "clip_model": "ViT-B-32", "clip_pretrained": str(clip_checkpoint(directory)),
+            "topic_prefix": "ratios-clip", "data_dir": directory / "data", "metrics_port": 0,
+        }
+    )
+    with Node(settings, Roles(ingest=True, query=False)) as node:
+        producer = Producer(producer_config(settings, node.bootstrap))
+        ingest(node, producer, image_events("clip-warm", 4), space="clip")  # group joined, tower warm
+        events = image_events("clip", count)
+        rate = ingest(node, producer, events, space="clip")
+        bare = bare_batched_encode(node, decoded(events, "image", MediaLimits.from_settings(settings)), "image", space="clip")
+        producer.flush(10)
+        del producer
+    return rate, bare
+
+
+def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None, phases: frozenset[str] = frozenset(PHASES)) -> dict[str, Any]:
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
             "torch": torch.__version__, "torch_threads": torch.get_num_threads(), "load_average_start": load_average(),
         },
         "sizes": sizes.__dict__,
+        "phases": "".join(sorted(phases)),
     }
+    measured: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    curves: dict[str, list[float]] = {}
+    searching = bool(phases & set("abde"))
     with tempfile.TemporaryDirectory(prefix="xmodal-ratios-") as tmp, EmbeddedBroker(Path(tmp) / "broker") as broker:
         settings = load_settings(
             {},
@@ -449,87 +512,124 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None) -> dic
                 report["index"].update(build_hnsw(node))
             warm = text_events("warm", 20)
             ingest(node, producer, warm)  # the agents have joined their group and loaded their towers
-            for i in range(20):
-                client.search(QUERIES[i % len(QUERIES)], k=10)
+            if searching:
+                for i in range(20):
+                    client.search(QUERIES[i % len(QUERIES)], k=10)
 
-            say("a: Kafka floor, bare query encode, 1 client")
-            floor = quantiles(kafka_floor(settings, node.bootstrap, max(50, sizes.queries)))
-            encode = quantiles(bare_query_encode(node, max(50, sizes.queries)))
-            one, one_rate = sequential(client, sizes.queries)
-            repeated, _ = sequential(client, sizes.queries, lambda i: QUERIES[i % len(QUERIES)])  # cached after warm-up
-            say("b: 16 in flight")
-            sixteen, sixteen_rate = in_flight(client, sizes.queries * 2, 16)
+            if "a" in phases:
+                say("a: Kafka floor, bare query encode, 1 client")
+                floor = quantiles(kafka_floor(settings, node.bootstrap, max(50, sizes.queries)))
+                encode = quantiles(bare_query_encode(node, max(50, sizes.queries)))
+                one, one_rate = sequential(client, sizes.queries)
+                repeated, _ = sequential(client, sizes.queries, lambda i: QUERIES[i % len(QUERIES)])  # cached after warm-up
+                one_q = quantiles(one)
+                measured.update(
+                    kafka_floor=floor, bare_query_encode=encode, search_1_client={**one_q, "per_s": round(one_rate, 1)},
+                    search_1_client_repeated_queries=quantiles(repeated),
+                )
+                floor_plus_encode = floor["p50_ms"] + encode["p50_ms"]
+                rows.append(row("search p50, 1 client", one_q["p50_ms"], "ms", floor_plus_encode, "Kafka floor p50 + bare encode p50", 1.2, False))
+                rows.append(row("search p99, 1 client", one_q["p99_ms"], "ms", floor_plus_encode, "Kafka floor p50 + bare encode p50", 2.0, False))
+                curves.update({"1 client": one, "1 client, repeated queries": repeated})
+            if "b" in phases:
+                say("b: 16 in flight")
+                if "a" not in phases:
+                    _, one_rate = sequential(client, sizes.queries)
+                sixteen, sixteen_rate = in_flight(client, sizes.queries * 2, 16)
+                measured["search_16_in_flight"] = {**quantiles(sixteen), "per_s": round(sixteen_rate, 1)}
+                rows.append(row("searches/s, 16 in flight", sixteen_rate, "/s", one_rate, "1-client searches/s", 4.0, True))
+                curves["16 in flight"] = sixteen
 
-            say("c: ingest end to end and bare")
-            limits = MediaLimits.from_settings(settings)
-            texts, images = text_events("text", sizes.texts), image_events("image", sizes.images)
-            text_rate = ingest(node, producer, texts)
-            image_rate = ingest(node, producer, images)
-            bare_text = bare_batched_encode(node, decoded(texts, "text", limits), "text")
-            bare_image = bare_batched_encode(node, decoded(images, "image", limits), "image")
+            text_rate = 0.0
+            if phases & set("cde"):
+                say("c: ingest end to end and bare")
+                limits = MediaLimits.from_settings(settings)
+                texts = text_events("text", sizes.texts)
+                text_rate = ingest(node, producer, texts)
+                measured["ingest_text_per_s"] = round(text_rate, 1)
+            if "c" in phases:
+                images = image_events("image", sizes.images)
+                image_rate = ingest(node, producer, images)
+                bare_text = bare_batched_encode(node, decoded(texts, "text", limits), "text")
+                bare_image = bare_batched_encode(node, decoded(images, "image", limits), "image")
+                measured.update(
+                    bare_text_per_s=round(bare_text, 1), ingest_image_per_s=round(image_rate, 1),
+                    bare_image_per_s=round(bare_image, 1),
+                )
+                rows.append(row("text ingest end to end", text_rate, "/s", bare_text, "bare batched MiniLM /s", 0.9, True))
+                rows.append(row("image ingest end to end", image_rate, "/s", bare_image, "bare batched mini CNN /s", 0.9, True))
 
-            say(f"d: freshness at {text_rate / 2:.0f} events/s")
-            fresh = quantiles(freshness(node, client, producer, text_rate / 2, sizes.freshness_s))
+            if "d" in phases:
+                say(f"d: freshness at {text_rate / 2:.0f} events/s")
+                fresh = quantiles(freshness(node, client, producer, text_rate / 2, sizes.freshness_s))
+                measured["freshness"] = {**fresh, "rate_per_s": round(text_rate / 2, 1)}
+                rows.append(row("freshness p99 at half max rate", fresh["p99_ms"], "ms", 1000.0, "the 1 s target", 1.0, False))
 
-            say("e: 20 searches/s idle, then during an ingest")
-            with PacedSearches(client, 20, 100_000) as idle_load:
-                time.sleep(sizes.paced_s)
-            with PacedSearches(client, 20, 200_000) as busy_load:
-                busy_rate = ingest(node, producer, text_events("busy", sizes.interference_texts))
-            failures = idle_load.failures + busy_load.failures
-            if failures:
-                raise SystemExit(f"{len(failures)} paced searches failed: {failures[0]!r}")
+            if "e" in phases:
+                say("e: 20 searches/s idle, then during an ingest")
+                with PacedSearches(client, 20, 100_000) as idle_load:
+                    time.sleep(sizes.paced_s)
+                with PacedSearches(client, 20, 200_000) as busy_load:
+                    busy_rate = ingest(node, producer, text_events("busy", sizes.interference_texts))
+                failures = idle_load.failures + busy_load.failures
+                if failures:
+                    raise SystemExit(f"{len(failures)} paced searches failed: {failures[0]!r}")
+                idle_paced, busy_paced = quantiles(idle_load.latencies), quantiles(busy_load.latencies)
+                measured.update(
+                    paced_20_idle=idle_paced, paced_20_during_ingest=busy_paced,
+                    ingest_during_searches_per_s=round(busy_rate, 1),
+                )
+                rows.append(row("text ingest with 20 searches/s", busy_rate, "/s", text_rate, "idle text ingest /s", 0.7, True))
+                rows.append(row("search p99 at 20/s during ingest", busy_paced["p99_ms"], "ms", idle_paced["p99_ms"], "p99 at 20/s idle", 2.0, False))
+                curves.update({"20/s idle": idle_load.latencies, "20/s during ingest": busy_load.latencies})
             producer.flush(10)
             del producer  # librdkafka disconnects now, not after the broker stopped
-            idle_paced, busy_paced = quantiles(idle_load.latencies), quantiles(busy_load.latencies)
 
-    floor_plus_encode = floor["p50_ms"] + encode["p50_ms"]
-    one_q = quantiles(one)
-    report["measured"] = {
-        "kafka_floor": floor, "bare_query_encode": encode, "search_1_client": {**one_q, "per_s": round(one_rate, 1)},
-        "search_1_client_repeated_queries": quantiles(repeated),
-        "search_16_in_flight": {**quantiles(sixteen), "per_s": round(sixteen_rate, 1)},
-        "ingest_text_per_s": round(text_rate, 1), "bare_text_per_s": round(bare_text, 1),
-        "ingest_image_per_s": round(image_rate, 1), "bare_image_per_s": round(bare_image, 1),
-        "freshness": {**fresh, "rate_per_s": round(text_rate / 2, 1)},
-        "paced_20_idle": idle_paced, "paced_20_during_ingest": busy_paced,
-        "ingest_during_searches_per_s": round(busy_rate, 1),
-    }
-    report["ratios"] = [
-        row("search p50, 1 client", one_q["p50_ms"], "ms", floor_plus_encode, "Kafka floor p50 + bare encode p50", 1.2, False),
-        row("search p99, 1 client", one_q["p99_ms"], "ms", floor_plus_encode, "Kafka floor p50 + bare encode p50", 2.0, False),
-        row("searches/s, 16 in flight", sixteen_rate, "/s", one_rate, "1-client searches/s", 4.0, True),
-        row("text ingest end to end", text_rate, "/s", bare_text, "bare batched MiniLM /s", 0.9, True),
-        row("image ingest end to end", image_rate, "/s", bare_image, "bare batched mini CNN /s", 0.9, True),
-        row("freshness p99 at half max rate", fresh["p99_ms"], "ms", 1000.0, "the 1 s target", 1.0, False),
-        row("text ingest with 20 searches/s", busy_rate, "/s", text_rate, "idle text ingest /s", 0.7, True),
-        row("search p99 at 20/s during ingest", busy_paced["p99_ms"], "ms", idle_paced["p99_ms"], "p99 at 20/s idle", 2.0, False),
-    ]
+        if "f" in phases:
+            say(f"f: {sizes.clip_images} images into a clip space (random-init ViT-B-32), end to end and bare")
+            clip_dir = Path(tmp) / "clip"
+            clip_dir.mkdir()
+            clip_rate, bare_clip = clip_ingest(settings, broker.bootstrap, clip_dir, sizes.clip_images)
+            measured.update(ingest_clip_image_per_s=round(clip_rate, 2), bare_clip_image_per_s=round(bare_clip, 2))
+            rows.append(row("clip image ingest end to end", clip_rate, "/s", bare_clip, "bare batched ViT-B-32 /s", 0.9, True))
+
+    report["measured"] = measured
+    order = [r for name in FIGURES for r in rows if r["figure"] == name]
+    report["ratios"] = order
     report["machine"]["load_average_end"] = load_average()
-    if plot_path is not None:
-        plot(
-            {"1 client": one, "1 client, repeated queries": repeated, "16 in flight": sixteen, "20/s idle": idle_load.latencies, "20/s during ingest": busy_load.latencies},
-            plot_path,
-        )
+    if plot_path is not None and curves:
+        plot(curves, plot_path)
         report["plot"] = str(plot_path)
     return report
+
+
+FIGURES = [
+    "search p50, 1 client", "search p99, 1 client", "searches/s, 16 in flight", "text ingest end to end",
+    "image ingest end to end", "clip image ingest end to end", "freshness p99 at half max rate",
+    "text ingest with 20 searches/s", "search p99 at 20/s during ingest",
+]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--items", type=int, default=100_000, help="items in the index for the search figures")
     parser.add_argument("--queries", type=int, default=300, help="searches of the 1-client phase (twice as many in flight)")
+    parser.add_argument("--clip-images", type=int, default=200, help="images of the clip phase (f)")
+    parser.add_argument(
+        "--phases", type=parse_phases, default=frozenset(PHASES),
+        help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all; see the module docstring)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (300 items): checks the figures are made")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as a PNG here")
     args = parser.parse_args(argv)
-    if args.items < 1 or args.queries < 1:
-        parser.error("--items and --queries must be at least 1")
+    if args.items < 1 or args.queries < 1 or args.clip_images < 1:
+        parser.error("--items, --queries and --clip-images must be at least 1")
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}, load {load_average()}] {message}", file=sys.stderr, flush=True)
 
-    report = run(Sizes.of(args), say, args.plot)
+    report = run(Sizes.of(args), say, args.plot, args.phases)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0

@@ -21,12 +21,16 @@ FIGURES = [
     "searches/s, 16 in flight",
     "text ingest end to end",
     "image ingest end to end",
+    "clip image ingest end to end",
     "freshness p99 at half max rate",
     "text ingest with 20 searches/s",
     "search p99 at 20/s during ingest",
 ]
 LATENCIES = ["kafka_floor", "bare_query_encode", "search_1_client", "search_1_client_repeated_queries", "search_16_in_flight", "freshness", "paced_20_idle", "paced_20_during_ingest"]
-RATES = ["ingest_text_per_s", "bare_text_per_s", "ingest_image_per_s", "bare_image_per_s", "ingest_during_searches_per_s"]
+RATES = [
+    "ingest_text_per_s", "bare_text_per_s", "ingest_image_per_s", "bare_image_per_s", "ingest_clip_image_per_s",
+    "bare_clip_image_per_s", "ingest_during_searches_per_s",
+]
 
 
 def test_quick_run_reports_every_ratio_as_json(tmp_path: Path) -> None:
@@ -41,6 +45,7 @@ def test_quick_run_reports_every_ratio_as_json(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     report = json.loads(done.stdout)
     assert report["sizes"]["items"] == 300
+    assert report["phases"] == "abcdef"  # every phase by default
     assert report["machine"]["cpus"] >= 1 and report["machine"]["load_average_start"] >= 0
 
     measured = report["measured"]
@@ -71,4 +76,13 @@ def test_bad_arguments_are_refused() -> None:
         [sys.executable, str(SCRIPT), "--items", "0"], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 2
-    assert "--items and --queries must be at least 1" in done.stderr
+    assert "--items, --queries and --clip-images must be at least 1" in done.stderr
+
+
+def test_unknown_phases_are_refused() -> None:
+    for phases in ("c,z", "", "ab"):
+        done = subprocess.run(
+            [sys.executable, str(SCRIPT), "--phases", phases], capture_output=True, text=True, timeout=120, check=False
+        )
+        assert done.returncode == 2, phases
+        assert "phases are comma-separated letters of a,b,c,d,e,f" in done.stderr, phases
