@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     # Ingest
     batch_size: int = Field(64, ge=1, le=4096, description="ingest micro-batch size")
     batch_window_ms: int = Field(50, ge=1, le=60_000, description="longest wait to fill a micro-batch")
+    ingest_fetch_wait_ms: int = Field(
+        50,
+        ge=1,
+        le=30_000,
+        description="longest wait of the ingest consumer's fetch on an empty topic (tansu answers only when it "
+        "ends): bounds how late an idle agent sees a new event; lower costs idle broker CPU",
+    )
+    ingest_encode_slice: int = Field(
+        16,
+        ge=1,
+        le=4096,
+        description="items of an ingest batch a shared tower encodes per turn: a search waits at most one slice (docs/performance.md)",
+    )
     fetch_max_bytes: int = Field(
         8 * 1024 * 1024,
         ge=64 * 1024,

@@ -112,8 +112,12 @@ class Node:
                 self._lock = IndexLock(settings.data_dir / "index.lock")
                 self._lock.acquire()
             self.index = open_index(settings)
-        # Shared by the ingest thread and the query threads of this process: one call at a time.
-        self.spaces = {name: SerializedEncoder(e) for name, e in build_spaces(settings).items()}
+        # Shared by the ingest thread and the query threads of this process: one call at a time,
+        # searches first, ingest in slices (xmodal/encoders/scheduling.py).
+        self.spaces = {
+            name: SerializedEncoder(e, ingest_slice=settings.ingest_encode_slice) for name, e in build_spaces(settings).items()
+        }
+        ingest_spaces = {name: e.for_ingest() for name, e in self.spaces.items()}
         limits = MediaLimits.from_settings(settings)
         # Loads every tower and checks every collection's dimension before consuming anything.
         from xmodal.streams.pipeline import IngestPipeline
@@ -130,7 +134,7 @@ class Node:
         }
         # Handoff-aware: completes a reindex's switch, refuses a generation another model made.
         pipeline = handoff_aware(
-            settings, self.bootstrap, IngestPipeline(self.spaces, self.index, limits, **options), self.index, self.spaces, **options
+            settings, self.bootstrap, IngestPipeline(ingest_spaces, self.index, limits, **options), self.index, ingest_spaces, **options
         )
         pipeline.start()
         if self.roles.ingest and settings.embedded_index:
@@ -158,7 +162,7 @@ class Node:
             from xmodal.indexer.provenance import GuardedIndex
 
             searched = GuardedIndex(self._quality.searched_index, pipeline.guard)  # model_mismatch replies
-            searcher = Searcher(self.spaces, searched, limits, rerank=rerank)
+            searcher = Searcher({name: e.for_queries() for name, e in self.spaces.items()}, searched, limits, rerank=rerank)
             self._query = QueryService(settings, self.bootstrap, searcher)
             self._query.start()
             self._quality.start()  # canaries and probes go through the service just started

@@ -59,7 +59,7 @@ def test_calls_that_queue_are_encoded_together_and_each_gets_its_own_rows() -> N
         first = pool.submit(shared.encode_texts, ["first"])
         assert tower.entered.wait(5)  # the first call holds the tower; the others queue
         rest = [pool.submit(shared.encode_texts, [t]) for t in texts]
-        while sum(len(q) for q in shared._queues.values()) < len(texts):
+        while shared.scheduler.waiting("ingest") < len(texts):
             threading.Event().wait(0.01)
         tower.release.set()
         results = [f.result(10) for f in rest]
@@ -81,7 +81,7 @@ def test_a_failing_input_fails_only_its_own_caller() -> None:
         assert tower.entered.wait(5)
         good = pool.submit(shared.encode_texts, ["good"])
         bad = pool.submit(shared.encode_texts, ["poison"])
-        while sum(len(q) for q in shared._queues.values()) < 2:
+        while shared.scheduler.waiting("ingest") < 2:
             threading.Event().wait(0.01)
         tower.release.set()
         hold.result(10)

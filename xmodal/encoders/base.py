@@ -7,13 +7,14 @@ untrusted bytes is `xmodal.encoders.media`'s job. Every output row is L2-normali
 from __future__ import annotations
 
 import math
-import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Literal, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
+
+from xmodal.encoders.scheduling import DEFAULT_INGEST_SLICE, DEFAULT_QUERIES_PER_SLICE, Priority, TowerScheduler
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -118,30 +119,50 @@ def l2_normalize(x: NDArray[np.floating]) -> Vectors:
     return x / np.maximum(norms, 1e-12)
 
 
-@dataclass
-class _Pending:
-    items: Sequence[Any]
-    result: Vectors | None = None
-    error: BaseException | None = None
-    done: bool = False
-
-
 class SerializedEncoder:
-    """An Encoder whose tower calls run one at a time, with concurrent calls encoded together.
+    """An Encoder whose tower calls run one at a time, scheduled fairly between searches and ingest.
 
     `xmodal up` shares one set of towers between the ingest agents and the query service, and the
     query service serves requests from several threads. Fast tokenizers are not reentrant
     ("Already borrowed") and torch already spreads one call over every core, so calls are
-    serialised. While one call runs, the calls that arrive queue up; the next thread to get the
-    tower encodes everything queued as one batch (a lone call is encoded at once: no added wait).
-    If a merged batch fails, its parts are retried one by one so one bad input fails only its caller.
+    serialised, by a `TowerScheduler` (scheduling.py): queries go before waiting ingest work,
+    ingest is encoded in slices of `ingest_slice` items so a query waits at most one slice, and
+    after `queries_per_slice` query batches in a row one waiting ingest slice goes, so ingest is
+    never starved. Calls of one class that queue meanwhile are encoded as one batch (a lone call is
+    encoded at once: no added wait); if a merged batch fails, its parts are retried one by one so
+    one bad input fails only its caller.
+
+    A call's class is its view's: `for_queries()` and `for_ingest()` are views of the same towers
+    and schedule; the encoder itself is an ingest view (bulk work that yields to searches), so
+    callers that do not say keep the Encoder protocol.
     """
 
-    def __init__(self, inner: Encoder) -> None:
+    def __init__(
+        self,
+        inner: Encoder,
+        *,
+        ingest_slice: int = DEFAULT_INGEST_SLICE,
+        queries_per_slice: int = DEFAULT_QUERIES_PER_SLICE,
+        priority: Priority = "ingest",
+        scheduler: TowerScheduler | None = None,
+    ) -> None:
+        """`scheduler`: share another view's schedule (for_queries / for_ingest); the two numbers
+        then come from it."""
         self._inner = inner
-        self._tower_lock = threading.Lock()
-        self._queue_lock = threading.Lock()
-        self._queues: dict[str, list[_Pending]] = {"text": [], "image": [], "audio": []}
+        self._scheduler = scheduler or TowerScheduler(ingest_slice=ingest_slice, queries_per_slice=queries_per_slice)
+        self.priority: Priority = priority
+
+    def for_queries(self) -> SerializedEncoder:
+        """This encoder's towers and schedule, for search: its calls go before waiting ingest work."""
+        return SerializedEncoder(self._inner, priority="query", scheduler=self._scheduler)
+
+    def for_ingest(self) -> SerializedEncoder:
+        """This encoder's towers and schedule, for ingest: encoded in slices, after waiting queries."""
+        return SerializedEncoder(self._inner, priority="ingest", scheduler=self._scheduler)
+
+    @property
+    def scheduler(self) -> TowerScheduler:
+        return self._scheduler
 
     @property
     def name(self) -> str:
@@ -166,52 +187,13 @@ class SerializedEncoder:
         return fingerprint_of(self._inner)
 
     def load(self) -> None:
-        with self._tower_lock:
-            self._inner.load()
+        self._scheduler.exclusive(self._inner.load)
 
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        return self._encode("text", self._inner.encode_texts, texts)
+        return self._scheduler.encode(self.priority, "text", self._inner.encode_texts, texts)
 
     def encode_images(self, images: Sequence[Image.Image]) -> Vectors:
-        return self._encode("image", self._inner.encode_images, images)
+        return self._scheduler.encode(self.priority, "image", self._inner.encode_images, images)
 
     def encode_audio(self, clips: Sequence[Waveform]) -> Vectors:
-        return self._encode("audio", self._inner.encode_audio, clips)
-
-    def _encode(self, modality: str, tower: Callable[[Sequence[Any]], Vectors], items: Sequence[Any]) -> Vectors:
-        mine = _Pending(items)
-        with self._queue_lock:
-            self._queues[modality].append(mine)
-        with self._tower_lock:
-            if not mine.done:  # nobody took our items while we waited: take all that is queued
-                with self._queue_lock:
-                    batch, self._queues[modality] = self._queues[modality], []
-                self._run(tower, batch)
-        if mine.error is not None:
-            raise mine.error
-        assert mine.result is not None  # set by _run for every pending it took
-        return mine.result
-
-    @staticmethod
-    def _run(tower: Callable[[Sequence[Any]], Vectors], batch: list[_Pending]) -> None:
-        try:
-            if len(batch) == 1:
-                batch[0].result = tower(batch[0].items)
-            else:
-                merged = tower([item for pending in batch for item in pending.items])
-                start = 0
-                for pending in batch:
-                    pending.result = merged[start : start + len(pending.items)]
-                    start += len(pending.items)
-        except BaseException as merged_error:  # noqa: BLE001 - attributed below, per caller
-            if len(batch) == 1:
-                batch[0].error = merged_error
-            else:
-                for pending in batch:
-                    try:
-                        pending.result = tower(pending.items)
-                    except BaseException as e:  # noqa: BLE001 - re-raised in its own caller's thread
-                        pending.error = e
-        finally:
-            for pending in batch:
-                pending.done = True
+        return self._scheduler.encode(self.priority, "audio", self._inner.encode_audio, clips)
