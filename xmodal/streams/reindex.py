@@ -46,6 +46,7 @@ from xmodal.streams.logread import committed_offsets, end_offsets, ingest_group
 
 __all__ = [
     "JOB_KEY",
+    "GroupReader",
     "REINDEX_ORIGIN",
     "ReindexLock",
     "ReindexResult",
@@ -236,7 +237,9 @@ class Reindexer:
             pipeline.start()
             group = reindex_group(settings, space, target.number)
             _update_manifest(target, **{JOB_KEY: {"group": group, "switched": False, "pid": os.getpid(), "started_at": time.time()}})
-            with _GroupReader(settings, self._bootstrap, group) as reader:
+            # One member: every partition. An HNSW build may come between two polls.
+            with GroupReader(settings, self._bootstrap, group, max_poll_interval_ms=600_000) as reader:
+                reader.wait_for_partitions()
                 self._catch_up(reader, pipeline, result)
                 if index.count(space) >= max(settings.optimize_after_points, 1) and settings.optimize_after_points:
                     log.info("space %r: building the HNSW graph of generation %d before the switch", space, target.number)
@@ -308,19 +311,14 @@ class Reindexer:
             index_settings=settings_tag(index_settings),
         )
 
-    def _catch_up(self, reader: _GroupReader, pipeline: Any, result: ReindexResult) -> None:
+    def _catch_up(self, reader: GroupReader, pipeline: Any, result: ReindexResult) -> None:
         """Write what the group has not written yet, until every partition is at the end of the log."""
         settings = self._settings
         ends = end_offsets(settings, self._bootstrap, settings.media_topic)
         while True:
             records = reader.take(settings.batch_size, settings.batch_window_ms / 1000)
             if records:
-                batch = pipeline.process(records)  # dead letters: already in the DLQ from live ingest
-                reader.commit()
-                result.events += len(records)
-                result.indexed += batch.indexed
-                result.deleted += batch.deleted
-                result.dead += len(batch.dead)
+                reader.write(records, pipeline, result)
             positions = reader.positions()
             self._progress(sum(min(positions.get(p, 0), e) for p, e in ends.items()), sum(ends.values()))
             if len(records) < settings.batch_size and all(positions.get(p, 0) >= e for p, e in ends.items()):
@@ -329,48 +327,71 @@ class Reindexer:
                     return
 
 
-class _GroupReader:
-    """The reindex group's consumer: all partitions of the media topic, from the committed offsets."""
+class GroupReader:
+    """A reindex consumer-group member's reader of the media topic: the partitions Kafka gives it
+    (all of them for a lone member; maybe none in a job of several), each from the group's
+    committed offset, moving with rebalances. `commit()` after writing what `take()` returned.
 
-    def __init__(self, settings: Settings, bootstrap: str, group: str) -> None:
-        self._settings = settings
+    The embedded reindex is the group's one member (`wait_for_partitions`); a server job's
+    workers are members of one group (xmodal/streams/reindex_server.py)."""
+
+    def __init__(self, settings: Settings, bootstrap: str, group: str, *, max_poll_interval_ms: int | None = None) -> None:
         self._topic = settings.media_topic
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                bootstrap,
-                **{
-                    "group.id": group,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                    "max.poll.interval.ms": 600_000,  # an HNSW build between two polls
-                },
-            )
-        )
-        self._assigned: list[int] = []
+        options: dict[str, Any] = {
+            "group.id": group,
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+        }
+        if max_poll_interval_ms is not None:
+            options["max.poll.interval.ms"] = max_poll_interval_ms
+        self._consumer = Consumer(consumer_config(settings, bootstrap, **options))
+        self.assigned: set[int] = set()
+        # partition -> the next offset to write: everything below it is written. Only partitions
+        # this member holds: a revoked one's may be moved on by the member that gets it.
         self._next: dict[int, int] = {}
+        self._pushback: Any = None  # a record consumed while waiting for the assignment
 
-    def __enter__(self) -> _GroupReader:
-        def on_assign(consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            self._assigned = sorted(tp.partition for tp in partitions)
+    def __enter__(self) -> GroupReader:
+        def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            self.assigned = {tp.partition for tp in partitions}
+
+        def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
+            for tp in partitions:
+                self._next.pop(tp.partition, None)
+            self.assigned -= {tp.partition for tp in partitions}
 
         try:
-            self._consumer.subscribe([self._topic], on_assign=on_assign)
-            deadline = time.monotonic() + ASSIGN_TIMEOUT_S
-            while not self._assigned:
-                if time.monotonic() > deadline:
-                    raise BrokerError(f"the reindex consumer got no partition of {self._topic} within {ASSIGN_TIMEOUT_S:.0f} s")
-                for message in self._consumer.consume(num_messages=1, timeout=0.2):
-                    self._pushback = message  # kept: the first record arrives with the assignment
-            committed = self._consumer.committed([TopicPartition(self._topic, p) for p in self._assigned], timeout=10)
+            self._consumer.subscribe([self._topic], on_assign=on_assign, on_revoke=on_revoke)
         except KafkaException as e:
             self._consumer.close()
             raise BrokerError(f"the reindex consumer cannot read {self._topic}: {e}") from e
-        self._next = {tp.partition: max(int(tp.offset), 0) for tp in committed}
         return self
 
-    _pushback: Any = None
+    def wait_for_partitions(self, timeout_s: float = ASSIGN_TIMEOUT_S) -> None:
+        """Block until the group gave this member its partitions, and know where each starts."""
+        deadline = time.monotonic() + timeout_s
+        try:
+            while not self.assigned:
+                if time.monotonic() > deadline:
+                    raise BrokerError(f"the reindex consumer got no partition of {self._topic} within {timeout_s:.0f} s")
+                for message in self._consumer.consume(num_messages=1, timeout=0.2):
+                    self._pushback = message  # kept: the first record arrives with the assignment
+        except KafkaException as e:
+            raise BrokerError(f"the reindex consumer cannot read {self._topic}: {e}") from e
+        self._position_new_partitions()
+
+    def _position_new_partitions(self) -> None:
+        """Start each newly assigned partition at the group's committed offset."""
+        new = sorted(self.assigned - self._next.keys())
+        if not new:
+            return
+        try:
+            committed = self._consumer.committed([TopicPartition(self._topic, p) for p in new], timeout=10)
+        except KafkaException as e:
+            raise BrokerError(f"the reindex consumer cannot read {self._topic}: {e}") from e
+        for tp in committed:
+            self._next.setdefault(tp.partition, max(int(tp.offset), 0))
 
     def take(self, n: int, timeout_s: float) -> list[Any]:
         messages = [self._pushback] if self._pushback is not None else []
@@ -379,6 +400,7 @@ class _GroupReader:
             messages += self._consumer.consume(num_messages=n - len(messages), timeout=timeout_s)
         except KafkaException as e:
             raise BrokerError(f"reading {self._topic} for the reindex failed: {e}") from e
+        self._position_new_partitions()  # a rebalance during consume() gave this member partitions
         records = []
         for message in messages:
             error = message.error()
@@ -392,12 +414,21 @@ class _GroupReader:
             self._next[message.partition()] = message.offset() + 1
         return records
 
+    def write(self, records: list[Any], pipeline: Any, result: ReindexResult) -> None:
+        """Write what `take()` returned into the generation, then commit it (offsets after writes)."""
+        batch = pipeline.process(records)  # dead letters: already in the DLQ from live ingest
+        self.commit()
+        result.events += len(records)
+        result.indexed += batch.indexed
+        result.deleted += batch.deleted
+        result.dead += len(batch.dead)
+
     def positions(self) -> dict[int, int]:
-        """The next offset to write, per partition: everything below it is in the generation."""
+        """The next offset to write, per partition held: everything below it is in the generation."""
         return dict(self._next)
 
     def commit(self) -> None:
-        offsets = [TopicPartition(self._topic, p, o) for p, o in self._next.items() if o > 0]
+        offsets = [TopicPartition(self._topic, p, o) for p, o in self._next.items() if o > 0 and p in self.assigned]
         if offsets:
             try:
                 self._consumer.commit(offsets=offsets, asynchronous=False)
@@ -405,7 +436,7 @@ class _GroupReader:
                 raise BrokerError(f"committing the reindex group's offsets failed: {e}") from e
 
     def __exit__(self, *exc: object) -> None:
-        self._consumer.close()
+        self._consumer.close()  # leaves the group (a server job's barrier counts on it)
 
 
 def _drop_quietly(registry: Any, space: str, number: int) -> None:

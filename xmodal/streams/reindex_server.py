@@ -47,14 +47,14 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import KafkaException
 
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, ConfigError, VectorIndexError
-from xmodal.streams.handoff import HANDOFF_KEY, to_record
+from xmodal.streams.handoff import HANDOFF_KEY
 from xmodal.streams.kafka import consumer_config
 from xmodal.streams.logread import committed_offsets, end_offsets, ingest_group
-from xmodal.streams.reindex import JOB_KEY, REINDEX_ORIGIN, Progress, ReindexResult, reindex_group
+from xmodal.streams.reindex import JOB_KEY, REINDEX_ORIGIN, GroupReader, Progress, ReindexResult, reindex_group
 
 __all__ = ["IndexFactory", "ServerReindexer", "list_server_generations", "server_drop", "server_rollback"]
 
@@ -260,7 +260,7 @@ class ServerReindexer:
                 index_settings=settings_tag(index_settings),
             )
             pipeline.start()
-            with _JobReader(settings, self._bootstrap, group) as reader:
+            with GroupReader(settings, self._bootstrap, group) as reader:
                 last_check = 0.0
                 while True:
                     records = reader.take(settings.batch_size, settings.batch_window_ms / 1000)
@@ -268,12 +268,7 @@ class ServerReindexer:
                     if self._stopped(index, target):
                         break  # taken, not written, not committed: above the handoff offsets
                     if records:
-                        batch = pipeline.process(records)  # dead letters: already in the DLQ from live ingest
-                        reader.commit()
-                        result.events += len(records)
-                        result.indexed += batch.indexed
-                        result.deleted += batch.deleted
-                        result.dead += len(batch.dead)
+                        reader.write(records, pipeline, result)
                     if len(records) < settings.batch_size and time.monotonic() - last_check >= LAG_CHECK_S:
                         last_check = time.monotonic()
                         if self._job_lag(group) == 0:
@@ -378,71 +373,6 @@ class ServerReindexer:
     def _handoff(self, registry: Any, target: int) -> dict[str, Any]:
         record = registry.generation_metadata(self._space, target).get(HANDOFF_KEY)
         return record if isinstance(record, dict) else {}
-
-
-class _JobReader:
-    """The job group's consumer: the partitions Kafka gives this worker (maybe none), from the
-    group's committed offsets, moving with rebalances."""
-
-    def __init__(self, settings: Settings, bootstrap: str, group: str) -> None:
-        self._topic = settings.media_topic
-        self._consumer = Consumer(
-            consumer_config(
-                settings,
-                bootstrap,
-                **{
-                    "group.id": group,
-                    "enable.auto.commit": False,
-                    "enable.auto.offset.store": False,
-                    "auto.offset.reset": "earliest",
-                },
-            )
-        )
-        self.assigned: set[int] = set()
-        self._written: dict[int, int] = {}  # partition -> next offset to commit (written below it)
-
-    def __enter__(self) -> _JobReader:
-        def on_assign(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            self.assigned = {tp.partition for tp in partitions}
-
-        def on_revoke(_consumer: Consumer, partitions: list[TopicPartition]) -> None:
-            for tp in partitions:
-                self._written.pop(tp.partition, None)
-            self.assigned -= {tp.partition for tp in partitions}
-
-        try:
-            self._consumer.subscribe([self._topic], on_assign=on_assign, on_revoke=on_revoke)
-        except KafkaException as e:
-            self._consumer.close()
-            raise BrokerError(f"the reindex consumer cannot read {self._topic}: {e}") from e
-        return self
-
-    def take(self, n: int, timeout_s: float) -> list[Any]:
-        try:
-            messages = self._consumer.consume(num_messages=n, timeout=timeout_s)
-        except KafkaException as e:
-            raise BrokerError(f"reading {self._topic} for the reindex failed: {e}") from e
-        records = []
-        for message in messages:
-            error = message.error()
-            if error is not None:
-                if error.code() == KafkaError._PARTITION_EOF:
-                    continue
-                raise BrokerError(f"reading {self._topic} for the reindex failed: {error.str()}")
-            records.append(to_record(message))
-            self._written[message.partition()] = message.offset() + 1
-        return records
-
-    def commit(self) -> None:
-        offsets = [TopicPartition(self._topic, p, o) for p, o in self._written.items() if p in self.assigned]
-        if offsets:
-            try:
-                self._consumer.commit(offsets=offsets, asynchronous=False)
-            except KafkaException as e:
-                raise BrokerError(f"committing the reindex group's offsets failed: {e}") from e
-
-    def __exit__(self, *exc: object) -> None:
-        self._consumer.close()  # leaves the group: the barrier of step 4 counts on it
 
 
 # -- --list, --drop, --rollback on a server -------------------------------------------------------
