@@ -93,6 +93,37 @@ def test_uploads_search_with_an_image_or_a_sound(api: httpx.Client) -> None:
     assert {h["id"] for h in filtered.json()["hits"]} == set(SOUNDS)
 
 
+def test_uploads_rerank_as_json_searches_do(api: httpx.Client) -> None:
+    png = image_png(image_of("images/yellow-star.png", seed=7))
+    upload = lambda **form: api.post("/search/upload", files={"file": ("q.png", png, "image/png")}, data=form)  # noqa: E731
+    form = {"k": "3", "modalities": "text", "with_thumbnails": "false"}
+    plain = upload(**form)
+    assert plain.status_code == 200, plain.text
+    assert all("first_stage_score" not in h for h in plain.json()["hits"])  # no field: the service's default (off)
+
+    reranked = upload(**form, rerank="true", rerank_k="5")
+    assert reranked.status_code == 200, reranked.text
+    hits = reranked.json()["hits"]
+    assert len(hits) == 3 and all("first_stage_score" in h for h in hits)  # the mini cross-encoder scored image->text
+    # The same request as JSON gets the same answer: the form fields reach the service as the JSON fields do.
+    as_json = search(
+        api, query={"image": base64.b64encode(png).decode()}, k=3, modalities=["text"], rerank=True, rerank_k=5
+    ).json()
+    assert [(h["id"], h["score"], h["first_stage_score"]) for h in as_json["hits"]] == [
+        (h["id"], pytest.approx(h["score"]), pytest.approx(h["first_stage_score"])) for h in hits
+    ]
+
+    off = upload(**form, rerank="false")
+    assert [(h["id"], h["score"]) for h in off.json()["hits"]] == [(h["id"], h["score"]) for h in plain.json()["hits"]]
+    assert all("first_stage_score" not in h for h in off.json()["hits"])
+
+    assert_error(upload(**form, rerank_k="0"), "invalid_field", 400)
+    assert_error(upload(**form, rerank="perhaps"), "invalid_field", 400)
+    wav = waveform_wav(sound_of("sounds/low-hum.wav"))
+    sound = api.post("/search/upload", files={"file": ("q.wav", wav, "audio/wav")}, data={"modalities": "image", "rerank": "true"})
+    assert_error(sound, "rerank_unavailable", 422)  # no cross-encoder scores sound->image: refused, not ignored
+
+
 def assert_error(response: httpx.Response, code: str, status: int) -> None:
     assert response.status_code == status, response.text
     body = response.json()

@@ -296,6 +296,8 @@ def create_app(gateway: Gateway) -> FastAPI:
         filter: Annotated[str | None, Form(description='metadata equality as a JSON object, e.g. {"album": "summer"}')] = None,
         spaces: Annotated[str | None, Form(description="spaces to search, comma-separated")] = None,
         with_thumbnails: Annotated[bool, Form()] = True,
+        rerank: Annotated[bool | None, Form(description="rerank with a cross-encoder; absent: XMODAL_RERANK")] = None,
+        rerank_k: Annotated[int | None, Form(ge=1, le=1000, description="candidates reranked; absent: XMODAL_RERANK_K")] = None,
     ) -> Response:
         """Search with an uploaded image or sound; its content type says which it is."""
         modality = _upload_modality(file.content_type)
@@ -314,6 +316,10 @@ def create_app(gateway: Gateway) -> FastAPI:
             raw["modalities"] = chosen
         if (names := _split(spaces)) is not None:
             raw["spaces"] = names
+        if rerank is not None:  # absent: the service's default, as for a JSON request without the field
+            raw["rerank"] = rerank
+        if rerank_k is not None:
+            raw["rerank_k"] = rerank_k
         if filter is not None and filter.strip():
             try:
                 raw["filter"] = orjson.loads(filter)
