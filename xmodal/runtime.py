@@ -120,21 +120,13 @@ class Node:
         ingest_spaces = {name: e.for_ingest() for name, e in self.spaces.items()}
         limits = MediaLimits.from_settings(settings)
         # Loads every tower and checks every collection's dimension before consuming anything.
-        from xmodal.streams.pipeline import IngestPipeline
-        from xmodal.thumbnails import ThumbnailSpec
-
-        from xmodal.indexer.provenance import settings_tag
-        from xmodal.indexer.settings import IndexSettings
         from xmodal.streams.handoff import wrap as handoff_aware
+        from xmodal.streams.pipeline_setup import PipelineSetup
 
-        options = {
-            "max_decoded_bytes": self.settings.batch_max_decoded_bytes,
-            "thumbnails": ThumbnailSpec.from_settings(settings),
-            "index_settings": settings_tag(IndexSettings.from_settings(settings)),
-        }
+        setup = PipelineSetup.from_settings(settings)  # as a reindex writes (streams/reindex.py)
         # Handoff-aware: completes a reindex's switch, refuses a generation another model made.
         pipeline = handoff_aware(
-            settings, self.bootstrap, IngestPipeline(ingest_spaces, self.index, limits, **options), self.index, ingest_spaces, **options
+            settings, self.bootstrap, setup.pipeline(ingest_spaces, self.index), self.index, ingest_spaces, **setup.options
         )
         pipeline.start()
         if self.roles.ingest and settings.embedded_index:

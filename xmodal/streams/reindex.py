@@ -297,19 +297,9 @@ class Reindexer:
         return created, False
 
     def _pipeline(self, encoder: Any, index: Any, index_settings: Any) -> Any:
-        from xmodal.encoders.media import MediaLimits
-        from xmodal.indexer.provenance import settings_tag
-        from xmodal.streams.pipeline import IngestPipeline
-        from xmodal.thumbnails import ThumbnailSpec
+        from xmodal.streams.pipeline_setup import PipelineSetup
 
-        return IngestPipeline(
-            {self._space: encoder},
-            index,
-            MediaLimits.from_settings(self._settings),
-            max_decoded_bytes=self._settings.batch_max_decoded_bytes,
-            thumbnails=ThumbnailSpec.from_settings(self._settings),
-            index_settings=settings_tag(index_settings),
-        )
+        return PipelineSetup.from_settings(self._settings, index_settings).pipeline({self._space: encoder}, index)
 
     def _catch_up(self, reader: GroupReader, pipeline: Any, result: ReindexResult) -> None:
         """Write what the group has not written yet, until every partition is at the end of the log."""

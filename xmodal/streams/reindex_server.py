@@ -242,23 +242,13 @@ class ServerReindexer:
     # -- steps 2 and 3: fill until the job's lag is 0, then stop ------------------------------
 
     def _fill(self, encoder: Any, index_settings: Any, target: int, group: str, result: ReindexResult) -> None:
-        from xmodal.encoders.media import MediaLimits
-        from xmodal.indexer.provenance import settings_tag
-        from xmodal.streams.pipeline import IngestPipeline
-        from xmodal.thumbnails import ThumbnailSpec
+        from xmodal.streams.pipeline_setup import PipelineSetup
 
         settings, space = self._settings, self._space
         index = self._open({space: target})
         try:
             index.ensure_collection(space, encoder.dim)  # payload indexes, build settings
-            pipeline = IngestPipeline(
-                {space: encoder},
-                index,
-                MediaLimits.from_settings(settings),
-                max_decoded_bytes=settings.batch_max_decoded_bytes,
-                thumbnails=ThumbnailSpec.from_settings(settings),
-                index_settings=settings_tag(index_settings),
-            )
+            pipeline = PipelineSetup.from_settings(settings, index_settings).pipeline({space: encoder}, index)
             pipeline.start()
             with GroupReader(settings, self._bootstrap, group) as reader:
                 last_check = 0.0
