@@ -76,3 +76,36 @@ def test_replies_carry_thumbnails_only_when_asked_and_within_the_budget() -> Non
     rich = dump_reply(SearchReply(request_id="r", ok=True, hits=kept))
     assert orjson.loads(rich)["hits"][0]["thumbnail"] == {"image": "x" * 400}  # no null fields either
     assert parse_reply(rich).hits[0].thumbnail is not None
+
+
+def _b64(image: Image.Image, fmt: str, **save: object) -> str:
+    buf = io.BytesIO()
+    image.save(buf, format=fmt, **save)
+    return base64.b64encode(buf.getvalue()).decode()
+
+
+def test_a_small_png_or_jpeg_keeps_its_own_bytes_and_anything_else_is_reencoded() -> None:
+    spec = ThumbnailSpec(size=64)
+    picture = Image.new("RGB", (64, 40), (10, 200, 30))
+    for fmt, mime in (("PNG", "image/png"), ("JPEG", "image/jpeg")):
+        original = _b64(picture, fmt)
+        thumb = make_thumbnail("image", picture, spec, original_b64=original)
+        assert thumb == {"image": f"data:{mime};base64,{original}"}, fmt
+    # Not kept: larger than the thumbnail, a format not passed through, an EXIF rotation the
+    # decoder applied, base64 a browser may not take, or more bytes than a thumbnail should hold.
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees
+    noisy = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    refused = {
+        "too large": (Image.new("RGB", (65, 10)), _b64(Image.new("RGB", (65, 10)), "PNG")),
+        "gif": (picture, _b64(picture, "GIF")),
+        "exif jpeg": (picture, _b64(picture, "JPEG", exif=exif.tobytes())),
+        "exif png": (picture, _b64(picture, "PNG", exif=exif.tobytes())),
+        "not strict base64": (picture, _b64(picture, "PNG")[:20] + "\n" + _b64(picture, "PNG")[20:]),
+        "too many bytes": (noisy, _b64(noisy, "PNG")),
+    }
+    for why, (image, original) in refused.items():
+        thumb = make_thumbnail("image", image, spec, original_b64=original)
+        assert thumb is not None, why
+        assert thumb["image"].startswith("data:image/jpeg;base64,") and original not in thumb["image"], why
+        assert max(Image.open(io.BytesIO(decode(thumb["image"], "image/jpeg"))).size) == min(max(image.size), 64), why

@@ -286,7 +286,9 @@ class IngestPipeline:
                 else:
                     item.content = load_media(event.modality, data_b64=event.data, uri=event.uri, limits=self._limits)
                 if self._thumbnails is not None:
-                    item.thumbnail = make_thumbnail(str(event.modality), item.content, self._thumbnails)
+                    item.thumbnail = make_thumbnail(
+                        str(event.modality), item.content, self._thumbnails, original_b64=event.data
+                    )
             return item
         except XmodalError as e:
             result.dead.append(DeadLetter(record, e.code, e.message, "decode"))
