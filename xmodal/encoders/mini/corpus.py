@@ -69,6 +69,7 @@ __all__ = [
     "describe_scene",
     "heldout_swap_classes",
     "render_scene",
+    "render_scene_with_masks",
     "sample_scene",
     "scene_caption_variants",
     "scene_is_heldout",
@@ -82,6 +83,7 @@ __all__ = [
     "image_items",
     "image_png",
     "render_image",
+    "render_image_with_masks",
     "render_sound",
     "sample_attributes",
     "sound_items",
@@ -396,6 +398,15 @@ def _place(radii: Sequence[float], rng: np.random.Generator) -> list[tuple[float
 
 def render_image(attributes: Mapping[str, Any], rng: np.random.Generator) -> Image.Image:
     """Draw the image of these attributes (64x64 RGB, antialiased)."""
+    return render_image_with_masks(attributes, rng, masks=False)[0]
+
+
+def render_image_with_masks(
+    attributes: Mapping[str, Any], rng: np.random.Generator, masks: bool = True
+) -> tuple[Image.Image, NDArray[np.float32]]:
+    """`render_image` and each drawn object's coverage, (count, 64, 64) in [0, 1] (the share of a
+    pixel the shape covers, antialiased as drawn; (0, 64, 64) with `masks=False`). The random
+    stream and the pixels are exactly `render_image`'s: region encoders learn from these labels."""
     count, size, shape = attributes["count"], attributes["size"], attributes["shape"]
     lo, hi = _LARGE_RADIUS_PAIR if (size == "large" and count > 1) else _RADIUS[size]
     base = rng.uniform(lo, hi)
@@ -405,13 +416,31 @@ def render_image(attributes: Mapping[str, Any], rng: np.random.Generator) -> Ima
     mask = Image.new("L", (big, big), 0)
     draw = ImageDraw.Draw(mask)
     max_angle = {"circle": 0.0, "ring": 0.0, "square": 0.17, "diamond": 0.12, "cross": 0.17}.get(shape, 0.25)
+    coverage = []
     for (cx, cy), r in zip(centres, radii, strict=True):
-        _draw_shape(draw, shape, cx, cy, r, rng.uniform(-max_angle, max_angle))
+        angle = rng.uniform(-max_angle, max_angle)
+        _draw_shape(draw, shape, cx, cy, r, angle)
+        if masks:
+            own = Image.new("L", (big, big), 0)
+            _draw_shape(ImageDraw.Draw(own), shape, cx, cy, r, angle)
+            coverage.append(_coverage(own))
     alpha = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None] / 255
     fg = np.array(_colour_rgb(attributes["colour"], rng), dtype=np.float32)
     bg = np.array(_background_rgb(attributes["background"], rng), dtype=np.float32)
     pixels = bg * (1 - alpha) + fg * alpha
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    return image, _stack_masks(coverage)
+
+
+def _coverage(mask: Image.Image) -> NDArray[np.float32]:
+    """A supersampled 0/255 mask -> (64, 64) coverage in [0, 1], downsampled as the pixels are."""
+    return np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32) / 255
+
+
+def _stack_masks(coverage: list[NDArray[np.float32]]) -> NDArray[np.float32]:
+    if not coverage:
+        return np.zeros((0, IMAGE_SIZE, IMAGE_SIZE), dtype=np.float32)
+    return np.stack(coverage).astype(np.float32)
 
 
 # --- sounds -------------------------------------------------------------------------------------
@@ -1026,6 +1055,14 @@ def sample_scene(split: Split, rng: np.random.Generator) -> dict[str, Any]:
 
 def render_scene(attributes: Mapping[str, Any], rng: np.random.Generator) -> Image.Image:
     """Draw a two-object scene (64x64 RGB, antialiased like `render_image`, non-overlapping objects)."""
+    return render_scene_with_masks(attributes, rng)[0]
+
+
+def render_scene_with_masks(
+    attributes: Mapping[str, Any], rng: np.random.Generator
+) -> tuple[Image.Image, NDArray[np.float32]]:
+    """`render_scene` and each object's coverage, (2, 64, 64) in [0, 1], in `attributes["objects"]`
+    order; the random stream and the pixels are exactly `render_scene`'s."""
     objects = attributes["objects"]
     radii = []
     for _, _, size in objects:
@@ -1035,15 +1072,18 @@ def render_scene(attributes: Mapping[str, Any], rng: np.random.Generator) -> Ima
     big = IMAGE_SIZE * _SUPERSAMPLE
     bg = np.array(_background_rgb(attributes["background"], rng), dtype=np.float32)
     pixels = np.broadcast_to(bg, (IMAGE_SIZE, IMAGE_SIZE, 3)).copy()
+    coverage = []
     for (shape, colour, _), (cx, cy), r in zip(objects, centres, radii, strict=True):
         mask = Image.new("L", (big, big), 0)
         max_angle = {"circle": 0.0, "ring": 0.0, "square": 0.17, "diamond": 0.12, "cross": 0.17}.get(shape, 0.25)
         _draw_shape(ImageDraw.Draw(mask), shape, cx, cy, r, rng.uniform(-max_angle, max_angle))
         alpha = np.asarray(mask.resize((IMAGE_SIZE, IMAGE_SIZE), Image.Resampling.BOX), dtype=np.float32)[..., None]
         alpha /= 255
+        coverage.append(alpha[..., 0])
         fg = np.array(_colour_rgb(colour, rng), dtype=np.float32)
         pixels = pixels * (1 - alpha) + fg * alpha
-    return Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    image = Image.fromarray(np.clip(np.rint(pixels), 0, 255).astype(np.uint8), "RGB")
+    return image, _stack_masks(coverage)
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,17 @@ Architecture (ALBEF/BLIP image-text matching, small):
 - text: the frozen MiniLM's token states (the `mini` space's text tower, all-MiniLM-L6-v2, last
   layer, contextual: the state of "circle" in "a red circle and a blue square" knows its
   neighbours), projected to `width`;
-- image: a copy of the shipped image tower's convolutions (frozen by default in training) -> its
-  middle stage's and last stage's 8x8 maps side by side (local and global receptive fields), plus
-  (`pixel_patches`) each region's own 8x8 pixels through a patch embedding trained from scratch ->
-  an adapter with learnt position embeddings: 64 region features;
+- image (`regions`): "attributes" (the shipped checkpoint): a small CNN trained from scratch with
+  per-region shape, colour and size labels from the renderer's masks (regions.py), its 8x8 map's
+  hidden states and label probabilities; or "tower" (the first checkpoint): a copy of the shipped
+  image tower's convolutions, its middle and last stage's 8x8 maps side by side; either plus
+  (`pixel_patches`) each region's own 8x8 pixels through a patch embedding -> an adapter with
+  learnt position embeddings: 64 region features;
 - `layers` blocks of [text self-attention, text -> image cross-attention, MLP] (pre-norm): each
   word looks at the regions, so "red" next to "circle" can check that the circle is the red thing;
-- a match logit from the mean of the text states under the mask and the first token's state.
+- a match logit from the mean of the text states under the mask and the first token's state;
+  with `token_min`, plus a soft minimum over the words of a per-word match score: "a red circle
+  and a blue square" is true only if every part of it holds, so one unmet word can veto a pair.
 
 The reranker's adjustment is `alpha * logit`, with `alpha` fitted on a validation gallery (its
 value is stored with the weights) so that it is in the units of the calibrated first-stage score
@@ -41,6 +45,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from xmodal.encoders.base import Modality
+from xmodal.encoders.mini.regions import RegionConfig, RegionEncoder
 from xmodal.encoders.mini.text import minilm_dir
 from xmodal.encoders.mini.towers import _conv, image_batch
 from xmodal.errors import EncodeError, ModelLoadError
@@ -66,6 +71,7 @@ CROSS_PAIRS: frozenset[tuple[Modality, Modality]] = frozenset({("text", "image")
 CROSS_TRAIN_COMMAND = "python -m xmodal.encoders.mini.train_cross"
 CROSS_MAX_TOKENS = 64  # word pieces of a text the model reads (captions are 8-30); the rest is cut
 MAX_PAIRS_PER_PASS = 256
+REGION_KINDS = ("attributes", "tower")
 
 
 def cross_path(weights_dir: Path | None = None) -> Path:
@@ -85,6 +91,20 @@ class CrossConfig:
     # each region also reads its own 8x8 pixels (a patch embedding trained from scratch): colour and
     # shape of the same place side by side, which the tower's maps need not keep apart
     pixel_patches: bool = False
+    # where region features come from: "tower" (a copy of the image tower's convolutions; the
+    # first checkpoint's, and what a config without this field means) or "attributes" (regions.py)
+    regions: str = "tower"
+    region: RegionConfig = RegionConfig()
+    token_min: bool = False  # add a soft minimum over per-word match scores to the logit
+    token_min_temperature: float = 1.0
+    # add a late-interaction term (ColBERT's MaxSim): each word's best-matching region, averaged
+    # over the words with learnt weights; "red" in "a red circle" needs a region that is red and
+    # a circle at once, which region features trained on per-region labels (regions.py) make linear
+    maxsim: int = 0  # its width; 0: none
+
+    def __post_init__(self) -> None:
+        if self.regions not in REGION_KINDS:
+            raise ValueError(f"unknown region features {self.regions!r}; valid: {', '.join(REGION_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -94,6 +114,8 @@ class CrossConfig:
         d = dict(d)
         if "cnn" in d:
             d["cnn"] = tuple(d["cnn"])
+        if "region" in d:
+            d["region"] = RegionConfig.from_dict(d["region"])
         return CrossConfig(**d)
 
 
@@ -136,22 +158,29 @@ class _Block(nn.Module):
 class CrossModel(nn.Module):
     """(token states (n, L, 384), mask (n, L), images (n, 3, 64, 64) in [0, 1]) -> match logits (n,).
 
-    `features` is a copy of the shipped image tower's convolutions (its 8x8 maps), initialised
-    from the tower; training either keeps it frozen or fine-tunes it (train_cross `--cnn-lr`),
-    with its batch-norm statistics kept either way.
+    `features` makes the 8x8 region maps: with `regions="attributes"` a RegionEncoder (trained
+    first, on its own labels, then frozen); with "tower" a copy of the shipped image tower's
+    convolutions, initialised from the tower, frozen or fine-tuned (train_cross `--cnn-lr`). Their
+    batch-norm statistics are kept either way.
     """
 
     def __init__(self, config: CrossConfig = CrossConfig()) -> None:
         super().__init__()
         self.config = config
-        a, b, c = config.cnn
-        # the image tower's `features`, layer for layer (so its weights load into it)
-        self.features = nn.Sequential(
-            *_conv(3, a, 5, 2), *_conv(a, a), nn.MaxPool2d(2), *_conv(a, b), *_conv(b, b), nn.MaxPool2d(2),
-            *_conv(b, c), *_conv(c, c),
-        )  # fmt: skip
+        self.features: nn.Module
+        if config.regions == "attributes":
+            self.features = RegionEncoder(config.region)
+            self.region_dim = config.region.feature_dim
+        else:
+            a, b, c = config.cnn
+            # the image tower's `features`, layer for layer (so its weights load into it)
+            self.features = nn.Sequential(
+                *_conv(3, a, 5, 2), *_conv(a, a), nn.MaxPool2d(2), *_conv(a, b), *_conv(b, b), nn.MaxPool2d(2),
+                *_conv(b, c), *_conv(c, c),
+            )  # fmt: skip
+            self.region_dim = b + c
         self.features.requires_grad_(False)  # the trainer turns it on to fine-tune
-        self.region_in = nn.Linear(b + c, config.width)
+        self.region_in = nn.Linear(self.region_dim, config.width)
         self.patch_in = nn.Linear(3 * 8 * 8, config.width) if config.pixel_patches else None
         self.region_mlp = nn.Sequential(nn.LayerNorm(config.width), nn.Linear(config.width, config.width), nn.GELU())
         self.region_pos = nn.Parameter(torch.randn(64, config.width) * 0.02)
@@ -160,6 +189,16 @@ class CrossModel(nn.Module):
         self.blocks = nn.ModuleList(_Block(config) for _ in range(config.layers))
         self.out_norm = nn.LayerNorm(config.width)
         self.head = nn.Sequential(nn.Linear(2 * config.width, config.width), nn.GELU(), nn.Linear(config.width, 1))
+        if config.maxsim:
+            self.maxsim_query = nn.Linear(config.text_dim, config.maxsim)
+            self.maxsim_key = nn.Linear(config.width, config.maxsim)
+            self.maxsim_weight = nn.Linear(config.text_dim, 1)
+            self.maxsim_scale = nn.Parameter(torch.tensor(1.0))
+        self.token_head = (
+            nn.Sequential(nn.Linear(config.width, config.width), nn.GELU(), nn.Linear(config.width, 1))
+            if config.token_min
+            else None
+        )
         self.register_buffer("mean", torch.tensor([0.5, 0.5, 0.5]).view(1, 3, 1, 1), persistent=False)
 
     def train(self, mode: bool = True) -> CrossModel:
@@ -168,10 +207,11 @@ class CrossModel(nn.Module):
         return self
 
     def feature_map(self, images: torch.Tensor) -> torch.Tensor:
-        """(n, 3, 64, 64) -> (n, 64, 64 + 128): the convolutions' 8x8 maps, without gradients.
+        """(n, 3, 64, 64) -> (n, 64, region_dim): the 8x8 region maps, without gradients.
 
-        Two depths side by side: the middle stage's pooled map (receptive field about 27 px: one
-        object, mostly) and the last stage's (about the whole image: the tower's own view)."""
+        "tower": two depths side by side, the middle stage's pooled map (receptive field about
+        27 px: one object, mostly) and the last stage's (about the whole image: the tower's own
+        view); "attributes": RegionEncoder.features."""
         with torch.no_grad():
             return self.trainable_feature_map(images)
 
@@ -179,6 +219,8 @@ class CrossModel(nn.Module):
         """`feature_map` with gradients: training fine-tunes the copied convolutions (batch norm
         statistics stay the tower's), so that a region's feature can learn to hold its own colour
         and shape together, which the tower, made for one pooled description, did not need."""
+        if isinstance(self.features, RegionEncoder):
+            return self.features.features(images)
         middle = self.features[:14]((images - self.mean) / 0.25)
         last = self.features[14:](middle)
         return torch.cat([middle, last], dim=1).flatten(2).transpose(1, 2)
@@ -210,24 +252,39 @@ class CrossModel(nn.Module):
     ) -> torch.Tensor:
         """Logits of pairs (text text_index[p], regions image_index[p]); without indices, pair i is
         (text i, image i), and a single text or a single image is shared by every pair."""
+        raw = states
         t = self.text_proj(states)
         kvs = [block.cross_attn.keys_values(regions) for block in self.blocks]
+        keys = self.maxsim_key(regions) if self.config.maxsim else None
         n = max(len(t), len(regions)) if text_index is None else len(text_index)
         if text_index is not None:
-            t, mask = t[text_index], mask[text_index]
+            t, mask, raw = t[text_index], mask[text_index], raw[text_index]
         elif len(t) == 1 and n > 1:
-            t, mask = t.expand(n, -1, -1), mask.expand(n, -1)
+            t, mask, raw = t.expand(n, -1, -1), mask.expand(n, -1), raw.expand(n, -1, -1)
         if image_index is not None:
             kvs = [kv[image_index] for kv in kvs]
+            keys = keys[image_index] if keys is not None else None
         elif len(regions) == 1 and n > 1:
             kvs = [kv.expand(n, -1, -1, -1, -1) for kv in kvs]
+            keys = keys.expand(n, -1, -1) if keys is not None else None
         pad = ~mask
         for block, kv in zip(self.blocks, kvs, strict=True):
             t = block(t, pad, kv)
         t = self.out_norm(t)
         keep = mask.unsqueeze(-1).to(t.dtype)
         pooled = (t * keep).sum(1) / keep.sum(1).clamp_min(1.0)
-        return self.head(torch.cat([pooled, t[:, 0]], dim=1)).squeeze(-1)
+        logit = self.head(torch.cat([pooled, t[:, 0]], dim=1)).squeeze(-1)
+        if self.token_head is not None:
+            # soft minimum over the words (padding excluded): -tau * log sum exp(-s / tau)
+            tau = self.config.token_min_temperature
+            words = self.token_head(t).squeeze(-1).masked_fill(pad, float("inf"))
+            logit = logit - tau * torch.logsumexp(-words / tau, dim=1)
+        if keys is not None:
+            queries = self.maxsim_query(raw)
+            best = torch.einsum("nld,nrd->nlr", queries, keys).amax(-1) / self.config.maxsim**0.5  # (n, L)
+            weights = self.maxsim_weight(raw).squeeze(-1).masked_fill(pad, float("-inf")).softmax(-1)
+            logit = logit + self.maxsim_scale * (weights * best).sum(-1)
+        return logit
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
         return self.match(states, mask, self.regions(images))

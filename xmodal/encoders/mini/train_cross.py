@@ -43,7 +43,7 @@ import argparse
 import json
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -70,6 +70,7 @@ from xmodal.encoders.mini.evaluate_cross import (
     score_groups,
     stored_image,
 )
+from xmodal.encoders.mini.regions import RegionEncoder, RegionTrainConfig, train_regions
 from xmodal.encoders.mini.space import WEIGHTS_DIR, MiniSpace
 from xmodal.encoders.mini.towers import encode_with, load_tower, preprocess_image
 from xmodal.encoders.mini.train import machine
@@ -114,7 +115,11 @@ class CrossTrainConfig:
     twin_image_share: float = 0.5
     twin_weight: float = 1.0
     token_cache: str | None = None  # directory: MiniLM token states kept across runs (the same texts, the same states)
-    model: CrossConfig = CrossConfig()
+    model: CrossConfig = CrossConfig(regions="attributes", token_min=True, maxsim=64)
+    # stage 1 (model.regions "attributes"): the region encoder's own training, or a file to take it
+    # from instead (a RegionEncoder state dict saved by torch.save, or a cross checkpoint)
+    regions: RegionTrainConfig = field(default_factory=RegionTrainConfig)
+    regions_from: str | None = None
 
 
 # --- data ---------------------------------------------------------------------------------------
@@ -241,9 +246,9 @@ def cached_token_states(tokens: MiniLMTokens, texts: list[str], cache: Path | No
 
 
 def cache_features(model: CrossModel, pool: Pool) -> torch.Tensor:
-    """The frozen convolutions' maps of every pool image in four views: stored JPEG, stored JPEG
-    mirrored, original, original mirrored; (n, 4, 64, 128) bfloat16."""
-    out = torch.empty(len(pool.attributes), 4, 64, model.config.cnn[1] + model.config.cnn[2], dtype=torch.bfloat16)
+    """The frozen region maps of every pool image in four views: stored JPEG, stored JPEG
+    mirrored, original, original mirrored; (n, 4, 64, region_dim) bfloat16."""
+    out = torch.empty(len(pool.attributes), 4, 64, model.region_dim, dtype=torch.bfloat16)
     model.eval()
     for start in range(0, len(out), 256):
         stop = start + 256
@@ -323,6 +328,32 @@ class _Batcher:
         return images, features, text.states, text.mask, twin_caption, torch.from_numpy(twin_image)
 
 
+def _region_features(model: CrossModel, cfg: CrossTrainConfig, t_start: float, log=print) -> dict[str, Any] | None:
+    """Fill `model.features`: the image tower's convolutions ("tower"), or the region encoder
+    ("attributes"), trained here (stage 1, its metrics returned) or taken from `cfg.regions_from`."""
+    from safetensors.torch import load_file
+
+    if cfg.model.regions == "tower":
+        tower_state = load_file(str(WEIGHTS_DIR / "image.safetensors"))
+        model.features.load_state_dict({k[9:]: v for k, v in tower_state.items() if k.startswith("features.")})
+        return None
+    if cfg.regions_from:
+        source = Path(cfg.regions_from)
+        if source.suffix == ".safetensors":
+            state = {k[9:]: v for k, v in load_file(str(source)).items() if k.startswith("features.")}
+        else:
+            state = torch.load(source)
+        model.features.load_state_dict(state)
+        log(f"region encoder taken from {source}")
+        return {"from": str(source)}
+    # stage 1 may use at most half of the time guard
+    encoder, metrics = train_regions(cfg.regions, log, deadline=t_start + cfg.minutes * 30)
+    assert isinstance(model.features, RegionEncoder)
+    model.features.load_state_dict(encoder.state_dict())
+    model.features.requires_grad_(False)
+    return metrics
+
+
 def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -340,10 +371,7 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
     mine_negatives(pool, captions, text_vecs, cfg, log)
 
     model = CrossModel(cfg.model)
-    from safetensors.torch import load_file
-
-    tower_state = load_file(str(WEIGHTS_DIR / "image.safetensors"))
-    model.features.load_state_dict({k[9:]: v for k, v in tower_state.items() if k.startswith("features.")})
+    region_metrics = _region_features(model, cfg, t_start, log)
     tune_cnn = cfg.cnn_lr > 0
     if tune_cnn:
         model.features.requires_grad_(True)
@@ -430,10 +458,12 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
         "model": "mini-cross",
         "trained": "in-house by xmodal (python -m xmodal.encoders.mini.train_cross), not pretrained",
         "config": {**asdict(cfg), "model": cfg.model.to_dict()},
+        "regions": region_metrics,
         "seed": cfg.seed,
         "steps": steps_done,
         "stopped_early": stopped_at is not None,
-        "repeat_with": f"python -m xmodal.encoders.mini.train_cross --seed {cfg.seed} --steps {cfg.steps}",
+        "repeat_with": f"python -m xmodal.encoders.mini.train_cross --seed {cfg.seed} --steps {cfg.steps} "
+        f"--region-steps {cfg.regions.steps}",
         "alpha": alpha,
         "parameters": sum(p.numel() for p in model.parameters()),
         "checkpoint_bytes": path.stat().st_size,
@@ -477,6 +507,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--twin-weight", type=float, default=d.twin_weight)
     parser.add_argument("--twin-image-share", type=float, default=d.twin_image_share)
     parser.add_argument("--pixel-patches", action="store_true", help="regions also read their own 8x8 pixels")
+    parser.add_argument("--regions", choices=("attributes", "tower"), default=d.model.regions,
+                        help="region features: a CNN trained on per-region labels, or the image tower's maps")
+    parser.add_argument("--no-token-min", action="store_true", help="no soft minimum over per-word scores")
+    parser.add_argument("--maxsim", type=int, default=d.model.maxsim, help="late-interaction width (0: none)")
+    parser.add_argument("--region-steps", type=int, default=d.regions.steps, help="stage 1 steps")
+    parser.add_argument("--regions-from", default=None, help="take the region encoder from this file (no stage 1)")
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--val-n", type=int, default=d.val_n)
     parser.add_argument("--eval-n", type=int, default=d.eval_n)
@@ -489,7 +525,9 @@ def main(argv: list[str] | None = None) -> int:
         singles=args.singles, captions=args.captions, lr=args.lr, threads=args.threads, val_n=args.val_n,
         eval_n=args.eval_n, bf16=args.bf16, token_cache=args.token_cache, cnn_lr=args.cnn_lr,
         twin_weight=args.twin_weight, twin_image_share=args.twin_image_share,
-        model=CrossConfig(pixel_patches=args.pixel_patches),
+        model=CrossConfig(pixel_patches=args.pixel_patches, regions=args.regions, token_min=not args.no_token_min,
+                          maxsim=args.maxsim),
+        regions=RegionTrainConfig(seed=args.seed, steps=args.region_steps), regions_from=args.regions_from,
     )  # fmt: skip
     train(cfg, args.out)
     return 0

@@ -1,0 +1,147 @@
+"""The region encoder's labels (corpus masks, regions.cell_labels) and a tiny training of both stages.
+
+The masks are an additive option of the renderer: the corpus's pixels must stay what they were
+(every shipped tower and checkpoint was trained on them), which the digests below pin.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import numpy as np
+import torch
+
+from xmodal.encoders.mini import corpus
+from xmodal.encoders.mini.cross import CrossConfig, CrossModel, load_cross, save_cross
+from xmodal.encoders.mini.regions import (
+    HEADS,
+    MIN_COVER,
+    RegionConfig,
+    RegionEncoder,
+    RegionTrainConfig,
+    cell_labels,
+    train_regions,
+)
+
+# sha256 of the pixels of image_items(40, "train", 3) and of scene_pairs(20, "heldout", 4), computed
+# with the renderer as it was before the mask option existed (commit 06bfdab)
+IMAGES_DIGEST = "cba4e9a76862f876dc3184ee136eda86152cdac67c46605409dcaf7658ff25fd"
+SCENES_DIGEST = "0629a53784e29ee1c0c9a6dcbb9c71935a9d6c108e76d11e68df375b2208197a"
+
+
+def test_the_mask_option_leaves_every_render_byte_identical() -> None:
+    h = hashlib.sha256()
+    for item in corpus.image_items(40, "train", 3):
+        h.update(np.asarray(item.media).tobytes())
+    assert h.hexdigest() == IMAGES_DIGEST
+    h = hashlib.sha256()
+    for scene, twin in corpus.scene_pairs(20, "heldout", 4):
+        h.update(np.asarray(scene.media).tobytes())
+        h.update(np.asarray(twin.media).tobytes())
+    assert h.hexdigest() == SCENES_DIGEST
+    rng = np.random.default_rng(9)
+    for _ in range(10):
+        attrs = corpus.sample_attributes("image", "train", rng)
+        seed = int(rng.integers(2**63))
+        plain = corpus.render_image(attrs, np.random.default_rng(seed))
+        with_masks, masks = corpus.render_image_with_masks(attrs, np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(plain), np.asarray(with_masks))
+        assert masks.shape == (attrs["count"], 64, 64)
+        scene = corpus.sample_scene("train", rng)
+        plain = corpus.render_scene(scene, np.random.default_rng(seed))
+        with_masks, masks = corpus.render_scene_with_masks(scene, np.random.default_rng(seed))
+        assert np.array_equal(np.asarray(plain), np.asarray(with_masks))
+        assert masks.shape == (2, 64, 64)
+
+
+def test_masks_match_the_pixels() -> None:
+    """Where an object's mask is full the pixel is that object's colour (one RGB value per object,
+    different objects different values); where no mask touches it, the background's."""
+    rng = np.random.default_rng(4)
+    for _ in range(20):
+        scene = corpus.sample_scene("train", rng)
+        image, masks = corpus.render_scene_with_masks(scene, np.random.default_rng(int(rng.integers(2**63))))
+        pixels = np.asarray(image).reshape(-1, 3)
+        flat = masks.reshape(2, -1)
+        assert flat.min() >= 0.0 and flat.max() <= 1.0
+        assert not ((flat[0] > 0) & (flat[1] > 0)).any()  # objects never overlap
+        colours = []
+        for k in range(2):
+            full = flat[k] == 1.0
+            assert full.sum() > 20  # even a small object covers this many whole pixels
+            assert len(np.unique(pixels[full], axis=0)) == 1
+            colours.append(tuple(pixels[full][0]))
+        empty = flat.sum(0) == 0.0
+        assert len(np.unique(pixels[empty], axis=0)) == 1
+        assert colours[0] != colours[1] and tuple(pixels[empty][0]) not in colours
+        # antialiased edges: partly covered pixels lie between the object's colour and the background
+        part = (flat[0] > 0.2) & (flat[0] < 0.8)
+        expected = flat[0][part, None] * np.array(colours[0]) + (1 - flat[0][part, None]) * pixels[empty][0]
+        assert np.abs(pixels[part] - expected).max() <= 1.0
+    for _ in range(10):
+        attrs = corpus.sample_attributes("image", "train", rng)
+        image, masks = corpus.render_image_with_masks(attrs, np.random.default_rng(int(rng.integers(2**63))))
+        pixels = np.asarray(image).reshape(-1, 3)
+        union = masks.sum(0).reshape(-1)
+        assert len(np.unique(pixels[union == 1.0], axis=0)) == 1
+        assert len(np.unique(pixels[union == 0.0], axis=0)) == 1
+
+
+def test_cell_labels_name_the_object_covering_each_cell() -> None:
+    masks = np.zeros((2, 64, 64), dtype=np.float32)
+    masks[0, 0:16, 0:16] = 1.0  # cells (0, 0), (0, 1), (1, 0), (1, 1)
+    masks[1, 40:44, 40:48] = 1.0  # half of cell (5, 5)
+    masks[1, 56:57, 56:64] = 1.0  # 1/8 of cell (7, 7): below MIN_COVER
+    objects = [("heart", "pink", "large"), ("star", "blue", "small")]
+    labels = cell_labels(masks, objects)
+    assert labels.shape == (3, 8, 8) and labels.dtype == np.int64
+    want_first = [corpus.SHAPES.index("heart") + 1, corpus.COLOURS.index("pink") + 1, corpus.SIZES.index("large") + 1]
+    want_second = [corpus.SHAPES.index("star") + 1, corpus.COLOURS.index("blue") + 1, corpus.SIZES.index("small") + 1]
+    for r, c in [(0, 0), (0, 1), (1, 0), (1, 1)]:
+        assert labels[:, r, c].tolist() == want_first
+    assert 0.5 >= MIN_COVER > 1 / 8
+    assert labels[:, 5, 5].tolist() == want_second
+    assert labels[:, 7, 7].tolist() == [0, 0, 0]
+    assert (labels > 0).sum() == 3 * 5
+    # real renders: every object labels at least one cell, and the labels are that object's
+    rng = np.random.default_rng(1)
+    for _ in range(10):
+        scene = corpus.sample_scene("train", rng)
+        _, masks = corpus.render_scene_with_masks(scene, np.random.default_rng(int(rng.integers(2**63))))
+        labels = cell_labels(masks, scene["objects"])
+        for shape, colour, _size in scene["objects"]:
+            cells = labels[0] == corpus.SHAPES.index(shape) + 1
+            assert cells.any()
+            assert (labels[1][cells] == corpus.COLOURS.index(colour) + 1).all()
+
+
+def test_region_encoder_trains_and_a_cross_model_on_it_round_trips(tmp_path) -> None:
+    torch.manual_seed(0)
+    cfg = RegionTrainConfig(steps=4, batch=8, singles=12, scenes=12, val=8, warmup=2)
+    encoder, metrics = train_regions(cfg, log=lambda s: None)
+    assert metrics["steps"] == 4 and np.isfinite(metrics["final_loss"])
+    cells = metrics["validation_cells"]["stored_view"]
+    assert cells["object_cells"] > 0 and all(0.0 <= cells[f"{name}_accuracy"] <= 1.0 for name in HEADS)
+    images = torch.rand(3, 3, 64, 64)
+    features = encoder.features(images)
+    assert features.shape == (3, 64, RegionConfig().feature_dim)
+    # the heads' probabilities sum to one in every region
+    offset = RegionConfig().widths[-1]
+    for name, vocab in HEADS.items():
+        probs = features[..., offset : offset + len(vocab) + 1]
+        torch.testing.assert_close(probs.sum(-1), torch.ones(3, 64))
+        offset += len(vocab) + 1
+
+    model = CrossModel(CrossConfig(width=32, layers=1, heads=2, mlp=64, regions="attributes", token_min=True))
+    model.features.load_state_dict(encoder.state_dict())
+    model.eval()
+    states, mask = torch.randn(3, 7, 384), torch.ones(3, 7, dtype=torch.bool)
+    mask[1, 5:] = False
+    save_cross(model, tmp_path / "cross.safetensors", alpha=0.7)
+    loaded, alpha = load_cross(tmp_path / "cross.safetensors")
+    assert alpha == 0.7 and loaded.config == model.config and isinstance(loaded.features, RegionEncoder)
+    with torch.no_grad():
+        torch.testing.assert_close(loaded(states, mask, images), model(states, mask, images))
+        # padding is ignored: the same text without its padded tail scores the same
+        short = model.match(states[1:2, :5], mask[1:2, :5], model.regions(images[1:2]))
+        torch.testing.assert_close(short, model(states, mask, images)[1:2], atol=1e-5, rtol=1e-5)
