@@ -50,7 +50,8 @@ def test_text_search_finds_the_image_and_carries_thumbnails(api: httpx.Client) -
     hits = reply["hits"]
     assert [h["id"] for h in hits][:1] == ["images/red-circle.png"]
     assert all(h["modality"] == "image" and h["space"] == "mini" for h in hits)
-    picture = Image.open(io.BytesIO(data_url_bytes(hits[0]["thumbnail"]["image"], "image/jpeg")))
+    # the gallery's 64x64 PNGs are small enough to be kept as they came (xmodal/thumbnails.py)
+    picture = Image.open(io.BytesIO(data_url_bytes(hits[0]["thumbnail"]["image"], "image/png")))
     assert max(picture.size) <= 128 and picture.getpixel((32, 32))[0] > 150  # red in the middle
 
     sounds = search(api, query={"text": "a very low steady hum"}, k=3, modalities=["audio"], with_thumbnails=True).json()
@@ -77,7 +78,7 @@ def test_uploads_search_with_an_image_or_a_sound(api: httpx.Client) -> None:
     )
     assert response.status_code == 200, response.text
     hits = response.json()["hits"]
-    assert hits[0]["id"] == "images/blue-square.png" and hits[0]["thumbnail"]["image"].startswith("data:image/jpeg")
+    assert hits[0]["id"] == "images/blue-square.png" and hits[0]["thumbnail"]["image"].startswith("data:image/png")
 
     wav = waveform_wav(sound_of("sounds/high-bell.wav", seed=7))
     response = api.post(
@@ -190,8 +191,8 @@ def test_thumbnails_of_returned_items_are_served_by_id(api: httpx.Client) -> Non
     by_id = {h["id"]: h["thumbnail"] for h in reply["hits"]}
     assert set(IMAGES) | set(SOUNDS) <= set(by_id)
     picture = api.get("/items/images/green-triangle.png/thumbnail")
-    assert picture.status_code == 200 and picture.headers["content-type"] == "image/jpeg"
-    assert picture.content == data_url_bytes(by_id["images/green-triangle.png"]["image"], "image/jpeg")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert picture.content == data_url_bytes(by_id["images/green-triangle.png"]["image"], "image/png")
     preview = api.get("/items/sounds/noise.wav/thumbnail", params={"kind": "audio"})
     assert preview.status_code == 200 and preview.headers["content-type"] == "audio/wav"
     assert preview.content == data_url_bytes(by_id["sounds/noise.wav"]["audio"], "audio/wav")

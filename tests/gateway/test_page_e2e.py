@@ -87,7 +87,7 @@ def test_shared_url_typed_query_dropped_image_and_more_like_this(browser: object
     hits = results(driver, first="images/red-circle.png", status_has="a red circle")
     assert {h.get_attribute("data-modality") for h in hits} == {"image"}  # type: ignore[attr-defined]
     thumbs = shown_thumbnails(driver)
-    assert "images/red-circle.png" in thumbs and thumbs["images/red-circle.png"].startswith("data:image/jpeg")
+    assert "images/red-circle.png" in thumbs and thumbs["images/red-circle.png"].startswith("data:image/png")  # kept as it came: a small PNG
 
     # Typed into the box; the URL follows, so it can be shared.
     box = driver.find_element(By.ID, "q")  # type: ignore[attr-defined]
