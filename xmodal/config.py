@@ -121,7 +121,9 @@ class Settings(BaseSettings):
     )
 
     # Query service
-    query_concurrency: int = Field(8, ge=1, le=256, description="search requests served at once")
+    query_concurrency: int = Field(
+        16, ge=1, le=256, description="search requests served at once (their query encodes share tower batches)"
+    )
     search_timeout_s: float = Field(10.0, gt=0, description="SearchClient default timeout")
 
     # Reranking (docs/quality.md)
