@@ -172,3 +172,59 @@ def test_an_item_that_changes_modality_leaves_no_stale_point(mini: MiniSpace, in
     assert (index.count("mini"), index.count("captions")) == (1, 0)
     [hit] = index.search("mini", mini.encode_texts(["anything"])[0], 1)
     assert hit.modality == "image"
+
+
+def _state(index: EdgeIndex, mini: MiniSpace, ids: Sequence[str]) -> dict[str, Any]:
+    """Each id's stored text and metadata (absent ids missing), read back by searching its vector."""
+    found: dict[str, Any] = {}
+    for item_id in ids:
+        hits = index.search("mini", mini.encode_texts([f"item {item_id}"])[0], 50, with_thumbnails=True)
+        for hit in hits:
+            if hit.item_id == item_id:
+                found[item_id] = (hit.thumbnail, hit.metadata)
+    return found
+
+
+def test_a_batch_written_in_overlapped_parts_ends_as_one_pass_would(mini: MiniSpace, tmp_path: Path) -> None:
+    """Parts of 3 records, the next decoded while one is written: updates, deletes, bad records and
+    modality changes that straddle part boundaries leave what a single pass leaves."""
+    records = []
+    for n in range(40):
+        item = f"i{n % 7}"
+        if n % 9 == 4:
+            records.append(record(n, item, None))  # a delete
+        elif n % 11 == 5:
+            records.append(record(n, item, {"id": item, "modality": "text"}))  # no text: dead-lettered
+        else:
+            records.append(record(n, item, text(item, f"item {item}", metadata={"n": n})))
+    results = {}
+    states = {}
+    for part_size in (3, 1000):
+        index = EdgeIndex(tmp_path / f"index-{part_size}")
+        from xmodal.thumbnails import ThumbnailSpec
+
+        pipeline = IngestPipeline(
+            {"mini": mini}, index, MediaLimits.from_settings(load_settings({})), part_size=part_size, thumbnails=ThumbnailSpec()
+        )
+        pipeline.start()
+        result = pipeline.process(records)
+        results[part_size] = (result.indexed, result.deleted, sorted((d.record.offset, d.code) for d in result.dead))
+        states[part_size] = _state(index, mini, [f"i{k}" for k in range(7)])
+        index.close()
+    assert results[3][2] == results[1000][2] and results[3][2]  # the same records dead, for the same reasons
+    assert states[3] == states[1000]
+    # Each surviving item holds its last upsert (after its last delete), as in the log.
+    last = {}
+    for r in records:
+        body = orjson.loads(r.value) if r.value is not None else None
+        if body is None:
+            last[r.key.decode()] = None  # type: ignore[union-attr]
+        elif "text" in body:
+            last[body["id"]] = body["metadata"]["n"]
+    expected = {k: n for k, n in last.items() if n is not None}
+    assert {k: meta["n"] for k, (_, meta) in states[3].items()} == expected
+
+
+def test_part_size_must_be_positive(mini: MiniSpace, index: EdgeIndex) -> None:
+    with pytest.raises(ValueError, match="part_size must be at least 1"):
+        IngestPipeline({"mini": mini}, index, MediaLimits.from_settings(load_settings({})), part_size=0)

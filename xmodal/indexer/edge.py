@@ -370,6 +370,12 @@ class EdgeIndex:
             self._layout(space).record_indexed(shard.generation, points)
         return changed
 
+    def writing_generation(self, space: str) -> int:
+        """The generation writes of `space` go to now, after following the pointer as a write does
+        (no engine call: the live pipeline asks before every batch)."""
+        with self._lease(space) as shard:
+            return shard.generation
+
     def index_report(self, space: str) -> dict[str, Any]:
         """The space's index settings and state: what it is configured with, what its segments were
         built with (they differ until the next optimize), vectors in HNSW, payload indexes."""

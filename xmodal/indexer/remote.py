@@ -88,6 +88,7 @@ class QdrantIndex:
         self._client = client
         self._index_settings = index_settings or IndexSettings()
         self._pin = dict(pin or {})
+        self._serving = remote_generations.ServingCache()  # the live writer's per-batch generation
 
         self._prefix = collection_prefix
         self._retry = retry
@@ -221,6 +222,12 @@ class QdrantIndex:
     def serving_generation(self, space: str) -> Generation:
         return remote_generations.serving_generation(self, space)
 
+    def writing_generation(self, space: str) -> int:
+        """The generation writes of `space` go to now: the pin, else the alias's, cached for about a
+        second (remote_generations.ServingCache) where index_report asks the server every time."""
+        pinned = self._pin.get(space)
+        return pinned if pinned is not None else self._serving.number(self, space)
+
     def create_generation(
         self,
         space: str,
@@ -241,6 +248,7 @@ class QdrantIndex:
 
     def switch(self, space: str, generation: int, *, drop_legacy: bool = False) -> None:
         remote_generations.switch(self, space, generation, drop_legacy=drop_legacy)
+        self._serving.forget(space)
         self._dims.pop(space, None)
 
     def drop_generation(self, space: str, generation: int) -> None:

@@ -20,6 +20,7 @@ the alias fail once and are retried by the caller's policy).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
     from xmodal.indexer.remote import QdrantIndex
 
 __all__ = [
+    "ServingCache",
     "collection_name",
     "create_generation",
     "create_space",
@@ -110,6 +112,36 @@ def serving_number(index: QdrantIndex, space: str) -> int:
     target = _aliases(index).get(_base(index, space))
     match = re.search(r"__g(\d{6})$", target or "")
     return int(match.group(1)) if match else LEGACY_GENERATION
+
+
+class ServingCache:
+    """`serving_number` per space for the live writer's per-batch question "which generation do my
+    writes go to now?", re-read from the server at most every `ttl_s` (one get_aliases call each),
+    and at once after a switch made through this index.
+
+    A switch made by another process (a reindex job) is seen within `ttl_s`: the handoff argument
+    (xmodal/streams/handoff.py) allows that, since the replay it starts re-applies, in order, every
+    event below the batch at which the switch was seen, whatever was written meanwhile."""
+
+    def __init__(self, ttl_s: float = 1.0) -> None:
+        self._ttl_s = ttl_s
+        self._lock = threading.Lock()
+        self._numbers: dict[str, tuple[float, int]] = {}  # space -> (read at, number)
+
+    def number(self, index: QdrantIndex, space: str) -> int:
+        now = time.monotonic()
+        with self._lock:
+            read_at, number = self._numbers.get(space, (-1e18, LEGACY_GENERATION))
+        if now - read_at < self._ttl_s:
+            return number
+        number = serving_number(index, space)
+        with self._lock:
+            self._numbers[space] = (now, number)
+        return number
+
+    def forget(self, space: str) -> None:
+        with self._lock:
+            self._numbers.pop(space, None)
 
 
 def serving_generation(index: QdrantIndex, space: str) -> Generation:

@@ -49,6 +49,12 @@ Replayer = Callable[[int, int, int], Iterable[SourceRecord]]  # (partition, star
 
 def generation_now(index: Any, space: str) -> int | None:
     """The generation `index` reads and writes for `space` now (after following the pointer)."""
+    writing = getattr(index, "writing_generation", None)
+    if callable(writing):  # cheap: no engine call, on a server a cached alias (asked every batch)
+        try:
+            return int(writing(space))
+        except VectorIndexError:
+            return None
     report = getattr(index, "index_report", None)
     if not callable(report) or not callable(getattr(index, "generations", None)):
         return None
