@@ -46,11 +46,21 @@ from xmodal.streams.broker import EmbeddedBroker  # noqa: E402
 from xmodal.streams.kafka import producer_config  # noqa: E402
 
 
-def run(items: int, idle_texts: int, busy_texts: int, paced_s: float, rate: float) -> dict[str, Any]:
-    report: dict[str, Any] = {"load_average_start": load_average(), "items": items}
+def tower_use(scheduler: Any, busy_before: dict[str, float], turns_before: dict[str, int], t0: float) -> dict[str, Any]:
+    """Each class's turns and share of the wall time in the tower since the snapshot."""
+    wall = time.perf_counter() - t0
+    return {
+        p: {"turns": scheduler.turns[p] - turns_before[p], "share": round((scheduler.busy_s[p] - busy_before[p]) / wall, 3)}
+        for p in ("query", "ingest")
+    }
+
+
+def run(items: int, idle_texts: int, busy_texts: int, paced_s: float, rate: float, overrides: dict[str, Any]) -> dict[str, Any]:
+    report: dict[str, Any] = {"load_average_start": load_average(), "items": items, "settings": overrides}
     with tempfile.TemporaryDirectory(prefix="xmodal-fair-") as tmp, EmbeddedBroker(Path(tmp) / "broker") as broker:
         settings = load_settings(
-            {}, kafka_bootstrap=broker.bootstrap, data_dir=Path(tmp) / "data", metrics_port=0, optimize_after_points=0
+            {}, kafka_bootstrap=broker.bootstrap, data_dir=Path(tmp) / "data", metrics_port=0, optimize_after_points=0,
+            **overrides,
         )
         with Node(settings, Roles(ingest=True, query=True)) as node, SearchClient(settings, node.bootstrap) as client:
             producer = Producer(producer_config(settings, node.bootstrap))
@@ -60,11 +70,14 @@ def run(items: int, idle_texts: int, busy_texts: int, paced_s: float, rate: floa
             ingest(node, producer, text_events("warm", 20))
             for i in range(20):
                 client.search(QUERIES[i % len(QUERIES)], k=10)
+            scheduler = node.spaces[SPACE].scheduler
             idle_rate = ingest(node, producer, text_events("text", idle_texts))
             with PacedSearches(client, rate, 100_000) as idle_load:
                 time.sleep(paced_s)
+            before = dict(scheduler.busy_s), dict(scheduler.turns), time.perf_counter()
             with PacedSearches(client, rate, 200_000) as busy_load:
                 busy_rate = ingest(node, producer, text_events("busy", busy_texts))
+            report["tower_during_ingest"] = tower_use(scheduler, *before)
             failures = idle_load.failures + busy_load.failures
             if failures:
                 raise SystemExit(f"{len(failures)} paced searches failed: {failures[0]!r}")
@@ -92,10 +105,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--busy-texts", type=int, default=3000)
     parser.add_argument("--paced-s", type=float, default=15.0, help="seconds of the idle paced load")
     parser.add_argument("--rate", type=float, default=20.0, help="searches per second, open loop")
+    parser.add_argument("--slice", type=int, help="XMODAL_INGEST_ENCODE_SLICE (default: the setting's default)")
+    parser.add_argument("--torch-threads", type=int, help="XMODAL_TORCH_THREADS (default: the setting's default)")
+    parser.add_argument("--query-concurrency", type=int, help="XMODAL_QUERY_CONCURRENCY (default: the setting's default)")
     args = parser.parse_args(argv)
     if min(args.items, args.idle_texts, args.busy_texts) < 1 or args.paced_s <= 0 or args.rate <= 0:
         parser.error("sizes, --paced-s and --rate must be positive")
-    report = run(args.items, args.idle_texts, args.busy_texts, args.paced_s, args.rate)
+    overrides = {
+        name: value for name, value in (
+            ("ingest_encode_slice", args.slice), ("torch_threads", args.torch_threads), ("query_concurrency", args.query_concurrency)
+        ) if value is not None
+    }
+    report = run(args.items, args.idle_texts, args.busy_texts, args.paced_s, args.rate, overrides)
     print(json.dumps(report, indent=2))
     print(
         f"ingest {report['ingest_during_searches_per_s']}/s during searches vs {report['idle_ingest_per_s']}/s idle: "

@@ -18,6 +18,7 @@ fails only the call that brought it.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +31,7 @@ __all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "Priority", "Tow
 Priority = Literal["query", "ingest"]
 PRIORITIES: tuple[Priority, ...] = ("query", "ingest")
 DEFAULT_INGEST_SLICE = 16
-DEFAULT_QUERIES_PER_SLICE = 4
+DEFAULT_QUERIES_PER_SLICE = 2
 
 Tower = Callable[[Sequence[Any]], Any]
 
@@ -80,6 +81,7 @@ class TowerScheduler:
         self._busy = False
         self._query_streak = 0  # query batches run in a row while ingest waited
         self.turns: dict[Priority, int] = {p: 0 for p in PRIORITIES}  # tower calls run per class
+        self.busy_s: dict[Priority, float] = {p: 0.0 for p in PRIORITIES}  # tower time per class
 
     def waiting(self, priority: Priority) -> int:
         """Calls of this class with items not yet handed to the tower (for tests and introspection)."""
@@ -92,7 +94,7 @@ class TowerScheduler:
             raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
         call = _Call(modality, tower, items)
         if not items:
-            return tower(items)  # nothing to schedule: the tower says what an empty call returns
+            return self.exclusive(lambda: tower(items))  # the tower says what an empty call returns
         with self._cond:
             self._waiting[priority].append(call)
             while not call.done:
@@ -102,10 +104,12 @@ class TowerScheduler:
                 unit = self._next_unit()
                 self._busy = True
                 self._cond.release()
+                started = time.perf_counter()
                 try:
                     self._run(unit)
                 finally:
                     self._cond.acquire()
+                    self.busy_s[unit.priority] += time.perf_counter() - started
                     self._busy = False
                     self._settle(unit)
                     self._cond.notify_all()
