@@ -4,6 +4,11 @@
 
 The ALBEF/BLIP recipe, small, on the synthetic corpus:
 
+0. Region features (`--regions attributes`; the default `tower` is the shipped design): stage 1 trains the region encoder
+   (regions.py) from scratch on per-cell shape, colour and size labels from the renderer's masks
+   (`train` split only; `--region-steps`), then freezes it; `--regions-from FILE` takes a trained
+   one instead (a RegionEncoder state dict or a cross checkpoint). `--regions tower` (the shipped
+   checkpoint's design): a copy of the shipped image tower's convolutions.
 1. Pool: `--scenes` training binding scenes with their swapped-binding twins, and `--singles`
    single-object training images (corpus.scene_pairs, corpus.image_items); each image also in its
    stored view (the index's JPEG thumbnail, quality 80), which is what a candidate image is at query
@@ -23,12 +28,11 @@ The ALBEF/BLIP recipe, small, on the synthetic corpus:
    else a mined image the caption is not true of); plus a softmax over the anchor's three captions
    and one over the caption's two images; every pair against a scene's twin (its caption, its
    image: the negative image of `--twin-image-share` of the scene anchors) weighs `--twin-weight`.
-   AdamW, warmup then cosine decay. The CNN is a copy of the shipped image tower's convolutions:
-   frozen by default (`--cnn-lr 0`), their 8x8 maps of every pool image (four views: JPEG,
-   original, each mirrored) computed once, so a step trains only what reads them (with
-   `--pixel-patches`, also an embedding of each region's own 8x8 pixels); `--cnn-lr` > 0
-   fine-tunes the copy instead (every step then runs it: over 1.6 s a step on the loaded 2-core
-   machine, against about 0.2 s frozen).
+   AdamW, warmup then cosine decay. The region CNN is frozen by default (`--cnn-lr 0`): its 8x8
+   maps of every pool image (four views: JPEG, original, each mirrored) are computed once, so a
+   step trains only what reads them (with `--pixel-patches`, also an embedding of each region's
+   own 8x8 pixels); `--cnn-lr` > 0 fine-tunes it instead (every step then runs it: over 1.6 s a
+   step for the tower's copy on the loaded 2-core machine, against about 0.2 s frozen).
 5. alpha: the scale of the adjustment (`alpha * logit`, added to the calibrated first-stage score),
    fitted on a validation gallery of *training* swap classes (fresh draws; evaluate_cross.fit_alpha);
    then the held-out gallery's figures (evaluate_cross.evaluate) go into `<out>/cross.json`.
@@ -115,7 +119,10 @@ class CrossTrainConfig:
     twin_image_share: float = 0.5
     twin_weight: float = 1.0
     token_cache: str | None = None  # directory: MiniLM token states kept across runs (the same texts, the same states)
-    model: CrossConfig = CrossConfig(regions="attributes", token_min=True, maxsim=64)
+    # the shipped checkpoint's design; `--regions attributes --token-min --maxsim 64` is the
+    # region-label design (docs/mini.md: it binds better alone, but not at an alpha that keeps
+    # counts and sizes)
+    model: CrossConfig = CrossConfig()
     # stage 1 (model.regions "attributes"): the region encoder's own training, or a file to take it
     # from instead (a RegionEncoder state dict saved by torch.save, or a cross checkpoint)
     regions: RegionTrainConfig = field(default_factory=RegionTrainConfig)
@@ -462,8 +469,7 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
         "seed": cfg.seed,
         "steps": steps_done,
         "stopped_early": stopped_at is not None,
-        "repeat_with": f"python -m xmodal.encoders.mini.train_cross --seed {cfg.seed} --steps {cfg.steps} "
-        f"--region-steps {cfg.regions.steps}",
+        "repeat_with": _repeat_with(cfg),
         "alpha": alpha,
         "parameters": sum(p.numel() for p in model.parameters()),
         "checkpoint_bytes": path.stat().st_size,
@@ -491,6 +497,18 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
     return record
 
 
+def _repeat_with(cfg: CrossTrainConfig) -> str:
+    command = f"python -m xmodal.encoders.mini.train_cross --seed {cfg.seed} --steps {cfg.steps}"
+    m = cfg.model
+    if m.regions != "tower":
+        command += f" --regions {m.regions} --region-steps {cfg.regions.steps}"
+    if m.token_min:
+        command += " --token-min"
+    if m.maxsim:
+        command += f" --maxsim {m.maxsim}"
+    return command
+
+
 def main(argv: list[str] | None = None) -> int:
     d = CrossTrainConfig()
     parser = argparse.ArgumentParser(prog="python -m xmodal.encoders.mini.train_cross", description=__doc__,
@@ -509,7 +527,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pixel-patches", action="store_true", help="regions also read their own 8x8 pixels")
     parser.add_argument("--regions", choices=("attributes", "tower"), default=d.model.regions,
                         help="region features: a CNN trained on per-region labels, or the image tower's maps")
-    parser.add_argument("--no-token-min", action="store_true", help="no soft minimum over per-word scores")
+    parser.add_argument("--token-min", action="store_true", help="add a soft minimum over per-word scores")
     parser.add_argument("--maxsim", type=int, default=d.model.maxsim, help="late-interaction width (0: none)")
     parser.add_argument("--region-steps", type=int, default=d.regions.steps, help="stage 1 steps")
     parser.add_argument("--regions-from", default=None, help="take the region encoder from this file (no stage 1)")
@@ -525,7 +543,7 @@ def main(argv: list[str] | None = None) -> int:
         singles=args.singles, captions=args.captions, lr=args.lr, threads=args.threads, val_n=args.val_n,
         eval_n=args.eval_n, bf16=args.bf16, token_cache=args.token_cache, cnn_lr=args.cnn_lr,
         twin_weight=args.twin_weight, twin_image_share=args.twin_image_share,
-        model=CrossConfig(pixel_patches=args.pixel_patches, regions=args.regions, token_min=not args.no_token_min,
+        model=CrossConfig(pixel_patches=args.pixel_patches, regions=args.regions, token_min=args.token_min,
                           maxsim=args.maxsim),
         regions=RegionTrainConfig(seed=args.seed, steps=args.region_steps), regions_from=args.regions_from,
     )  # fmt: skip
