@@ -80,7 +80,7 @@ class Settings(BaseSettings):
         "ends): bounds how late an idle agent sees a new event; lower costs idle broker CPU",
     )
     ingest_encode_slice: int = Field(
-        16,
+        32,
         ge=1,
         le=4096,
         description="items of an ingest batch a shared tower encodes per turn: a search waits at most one slice (docs/performance.md)",

@@ -30,8 +30,8 @@ __all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "Priority", "Tow
 
 Priority = Literal["query", "ingest"]
 PRIORITIES: tuple[Priority, ...] = ("query", "ingest")
-DEFAULT_INGEST_SLICE = 16
-DEFAULT_QUERIES_PER_SLICE = 2
+DEFAULT_INGEST_SLICE = 32
+DEFAULT_QUERIES_PER_SLICE = 1
 
 Tower = Callable[[Sequence[Any]], Any]
 
