@@ -145,3 +145,29 @@ def test_region_encoder_trains_and_a_cross_model_on_it_round_trips(tmp_path) -> 
         # padding is ignored: the same text without its padded tail scores the same
         short = model.match(states[1:2, :5], mask[1:2, :5], model.regions(images[1:2]))
         torch.testing.assert_close(short, model(states, mask, images)[1:2], atol=1e-5, rtol=1e-5)
+
+
+def test_both_stages_of_the_trainer_run_end_to_end_at_a_tiny_size(tmp_path) -> None:
+    """train_cross with `--regions attributes`: stage 1, stage 2, alpha on validation, the held-out
+    figures, the checkpoint and its record; a few steps of each on a few images."""
+    import json
+
+    from xmodal.encoders.mini.cross import MiniCrossEncoder
+    from xmodal.encoders.mini.train_cross import CrossTrainConfig, train
+
+    cfg = CrossTrainConfig(
+        steps=3, batch=4, scenes=4, singles=6, captions=1, mine_from=5, mined=2, warmup=1, val_n=3, eval_n=3,
+        rerank_k=5, model=CrossConfig(width=32, layers=1, heads=2, mlp=64, regions="attributes", token_min=True, maxsim=16),
+        regions=RegionTrainConfig(steps=2, batch=4, singles=6, scenes=6, val=4, warmup=1),
+    )  # fmt: skip
+    record = train(cfg, tmp_path, log=lambda s: None)
+    assert record["steps"] == 3 and np.isfinite(record["final_loss"])
+    assert record["regions"]["steps"] == 2
+    assert "--regions attributes --region-steps 2 --token-min --maxsim 16" in record["repeat_with"]
+    saved = json.loads((tmp_path / "cross.json").read_text())
+    assert saved["config"]["model"]["regions"] == "attributes"
+    encoder = MiniCrossEncoder(weights_dir=tmp_path)
+    encoder.load()
+    assert encoder.alpha == record["alpha"]
+    scene = corpus.scene_items(1, "train", 0)[0]
+    assert np.isfinite(encoder.score("text", scene.caption, "image", [scene.media, scene.media])).all()
