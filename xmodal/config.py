@@ -58,6 +58,12 @@ class Settings(BaseSettings):
     clap_model: str = Field("laion/clap-htsat-unfused", description="CLAP hub id or local directory")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="torch device for the towers")
     torch_threads: int = Field(0, ge=0, le=256, description="torch intra-op threads; 0: number of cores")
+    text_runtime: Literal["torch", "onnx"] = Field(
+        "torch",
+        description="CPU runtime of the mini space's MiniLM text tower: torch, or onnx (ONNX Runtime on a file "
+        "exported once from the local weights into <data dir>/models; pip install 'xmodal[onnx]'); "
+        "docs/performance.md",
+    )
 
     # Media
     media_roots: Annotated[tuple[Path, ...], NoDecode] = Field(

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from PIL import Image
 
     from xmodal.config import Settings
+    from xmodal.encoders.mini.text_runtime import OnnxMiniLMText
     from xmodal.encoders.mini.towers import Tower
 
 __all__ = ["TRAIN_COMMAND", "WEIGHTS_DIR", "MiniSpace", "tower_path"]
@@ -52,7 +53,7 @@ class MiniSpace:
         self._settings = settings
         self._weights_dir = weights_dir or WEIGHTS_DIR
         self._batch_size = batch_size
-        self._text = MiniLMText()
+        self._text: MiniLMText | OnnxMiniLMText = MiniLMText()
         self._towers: dict[str, Tower] = {}
         self._runtime: TorchRuntime | None = None
         self.modalities: frozenset[Modality] = frozenset({"text", "image", "audio"})
@@ -84,6 +85,12 @@ class MiniSpace:
             self._runtime = TorchRuntime.from_settings(self._settings)
         else:
             self._runtime = TorchRuntime(torch.device("cpu"), None)
+        if self._settings is not None and self._settings.text_runtime == "onnx" and self._runtime.device.type == "cpu":
+            # Same vectors as torch (cosine >= 0.999, tests/encoders/test_text_runtime.py), hence the
+            # same fingerprint; faster per query on CPUs (docs/performance.md). GPUs keep torch.
+            from xmodal.encoders.mini.text_runtime import OnnxMiniLMText
+
+            self._text = OnnxMiniLMText(self._settings.data_dir / "models", threads=self._settings.torch_threads)
         self._text.load()
         for modality, path in paths.items():
             try:
