@@ -131,6 +131,7 @@ def test_a_node_with_onnx_ingests_and_answers(onnx_node: Any, broker: str) -> No
     from xmodal.query_api import SearchClient
 
     settings, index = onnx_node.settings, onnx_node.index
+    assert list((settings.data_dir / "models").glob("minilm-l6-*.onnx")), "the node's mini space runs on onnx"
     texts = {
         "doc/circle": "a red circle on a white background",
         "doc/beep": "a short high-pitched beep repeated twice",
