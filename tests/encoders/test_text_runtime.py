@@ -151,3 +151,33 @@ def test_a_node_with_onnx_ingests_and_answers(onnx_node: Any, broker: str) -> No
         for item_id, query in asked.items():
             hits = client.search(query, k=3, modalities=["text"])
             assert hits and hits[0].id == item_id, (query, [(h.id, h.score) for h in hits])
+
+
+# --- benchmarks/text_runtime.py at tiny size: it keeps working (its figures are the benchmark's) ----
+
+
+def test_the_benchmark_reports_every_variant_as_json(tmp_path: Path, onnx_text: OnnxMiniLMText) -> None:
+    import json
+    import shutil
+    import subprocess
+    import sys
+
+    assert onnx_text.onnx_path is not None
+    shutil.copy(onnx_text.onnx_path, tmp_path / onnx_text.onnx_path.name)  # found there: no second export
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks" / "text_runtime.py"
+    done = subprocess.run(
+        [sys.executable, str(script), "--json", "--rounds", "1", "--singles", "3", "--batches", "1",
+         "--eval-n", "40", "--cache-dir", str(tmp_path), "--variants", "torch,onnx,onnx-int8"],
+        capture_output=True, text=True, timeout=600, check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    report = json.loads(done.stdout)
+    assert list(report["variants"]) == ["torch", "onnx", "onnx-int8"] and report["agreement_texts"] == 80 + 197
+    for name, figures in report["variants"].items():
+        assert 0 < figures["batch1_p50_ms"] <= figures["batch1_p99_ms"] and figures["batch64_texts_per_s"] > 0
+        assert figures["batch1_p50_speedup"] > 0 and 0 <= figures["recall_at_10_text_to_image"] <= 1
+        assert -1 <= figures["cosine_min"] <= figures["cosine_mean"] <= 1 + 1e-6, name
+    torch_figures = report["variants"]["torch"]
+    assert torch_figures["cosine_min"] > 0.99999 and torch_figures["batch1_p50_speedup"] == 1
+    assert report["variants"]["onnx"]["cosine_min"] >= AGREEMENT  # the same export the runtime uses
