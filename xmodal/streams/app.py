@@ -110,6 +110,10 @@ class _ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
     consumer starts, where aiokafka hands it to its fetcher.
     """
 
+    # mode names a Service subclass's logger after its module unless the class names one: this
+    # thread's start/stop lines belong with faust's (quiet at WARNING), not xmodal's INFO lines.
+    logger = logging.getLogger(f"{faust_aiokafka.__name__}.thread")
+
     def _create_worker_consumer(self, transport: Any) -> Any:
         consumer = super()._create_worker_consumer(transport)
         consumer._fetch_max_wait_ms = cast(IngestApp, self.app).fetch_wait_ms
