@@ -501,7 +501,13 @@ def clip_ingest(base: Settings, bootstrap: str, directory: Path, count: int) -> 
     return rate, bare
 
 
-def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None, phases: frozenset[str] = frozenset(PHASES)) -> dict[str, Any]:
+def run(
+    sizes: Sizes,
+    say: Callable[[str], None],
+    plot_path: Path | None,
+    phases: frozenset[str] = frozenset(PHASES),
+    text_runtime: str = "torch",
+) -> dict[str, Any]:
     report: dict[str, Any] = {
         "machine": {
             "cpus": os.cpu_count(), "processor": platform.processor() or platform.machine(),
@@ -509,6 +515,7 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None, phases
         },
         "sizes": sizes.__dict__,
         "phases": "".join(sorted(phases)),
+        "text_runtime": text_runtime,
     }
     measured: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -521,6 +528,7 @@ def run(sizes: Sizes, say: Callable[[str], None], plot_path: Path | None, phases
             data_dir=Path(tmp) / "data",
             metrics_port=0,
             optimize_after_points=0,  # this script starts the build itself, between phases
+            text_runtime=text_runtime,
         )
         with Node(settings, Roles(ingest=True, query=True)) as node, SearchClient(settings, node.bootstrap) as client:
             producer = Producer(producer_config(settings, node.bootstrap))
@@ -638,6 +646,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--phases", type=parse_phases, default=frozenset(PHASES),
         help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all; see the module docstring)",
     )
+    parser.add_argument(
+        "--text-runtime", choices=("torch", "onnx"), default="torch",
+        help="the mini text tower's runtime (XMODAL_TEXT_RUNTIME) for the whole run, baselines included",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (300 items): checks the figures are made")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as a PNG here")
@@ -648,7 +660,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}, load {load_average()}] {message}", file=sys.stderr, flush=True)
 
-    report = run(Sizes.of(args), say, args.plot, args.phases)
+    report = run(Sizes.of(args), say, args.plot, args.phases, args.text_runtime)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
