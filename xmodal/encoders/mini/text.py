@@ -6,8 +6,9 @@ mean of the token states under the attention mask, then L2 norm — the model's 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -15,10 +16,23 @@ import torch
 from xmodal.encoders.base import Vectors, l2_normalize
 from xmodal.errors import ModelLoadError
 
-__all__ = ["MINILM_DIM", "MiniLMText", "minilm_dir"]
+__all__ = ["MINILM_DIM", "MiniLMText", "minilm_dir", "token_batches"]
 
 MINILM_DIM = 384
 MAX_TOKENS = 256  # all-MiniLM-L6-v2 was trained on sequences up to 256 word pieces
+
+
+def token_batches(tokenizer: Any, texts: Sequence[str], batch_size: int, tensors: str) -> Iterator[Any]:
+    """`texts` tokenised for MiniLM in batches of `batch_size` (padded, cut at MAX_TOKENS), as
+    `tensors` ("pt" or "np"): the one tokenisation both runtimes (torch, onnx) feed their model."""
+    for start in range(0, len(texts), batch_size):
+        yield tokenizer(
+            list(texts[start : start + batch_size]),
+            padding=True,
+            truncation=True,
+            max_length=MAX_TOKENS,
+            return_tensors=tensors,
+        )
 
 
 def minilm_dir() -> Path:
@@ -59,14 +73,8 @@ class MiniLMText:
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         chunks = []
-        for start in range(0, len(texts), self._batch_size):
-            batch = self._tokenizer(
-                list(texts[start : start + self._batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="pt",
-            ).to(self._device)
+        for batch in token_batches(self._tokenizer, texts, self._batch_size, "pt"):
+            batch = batch.to(self._device)
             states = self._model(**batch).last_hidden_state
             mask = batch["attention_mask"].unsqueeze(-1).to(states.dtype)
             pooled = (states * mask).sum(1) / mask.sum(1).clamp(min=1e-9)

@@ -154,21 +154,14 @@ class OnnxMiniLMText:
         self.onnx_path = onnx_path
 
     def encode(self, texts: Sequence[str]) -> Vectors:
-        from xmodal.encoders.mini.text import MAX_TOKENS
+        from xmodal.encoders.mini.text import token_batches
 
         if self._session is None or self._tokenizer is None:
             raise RuntimeError("OnnxMiniLMText.load() was not called")
         if not texts:
             return np.zeros((0, self.dim), dtype=np.float32)
         chunks = []
-        for start in range(0, len(texts), self._batch_size):
-            batch = self._tokenizer(
-                list(texts[start : start + self._batch_size]),
-                padding=True,
-                truncation=True,
-                max_length=MAX_TOKENS,
-                return_tensors="np",
-            )
+        for batch in token_batches(self._tokenizer, texts, self._batch_size, "np"):
             feeds = {name: batch[name].astype(np.int64) for name in _INPUTS}
             (states,) = self._session.run(["last_hidden_state"], feeds)
             chunks.append(mean_pool(states, feeds["attention_mask"]))
