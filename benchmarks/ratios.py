@@ -49,7 +49,7 @@ import torch
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # search_latency's captions and queries
-from search_latency import QUERIES, captions  # noqa: E402
+from search_latency import QUERIES, captions, searches_in_flight  # noqa: E402
 
 from xmodal.config import Settings, load_settings  # noqa: E402
 from xmodal.encoders.media import MediaLimits, load_media  # noqa: E402
@@ -309,28 +309,10 @@ def sequential(client: SearchClient, count: int, text: Callable[[int], str] = qu
 
 
 def in_flight(client: SearchClient, count: int, level: int) -> tuple[list[float], float]:
-    slots = threading.Semaphore(level)
-    latencies: list[float] = []
-    failures: list[BaseException] = []
-
-    def done(sent: float, future: Future[SearchReply]) -> None:
-        try:
-            hits_or_raise(future.result())
-            latencies.append((time.perf_counter() - sent) * 1000)
-        except BaseException as e:  # noqa: BLE001 - counted, reported below
-            failures.append(e)
-        slots.release()
-
-    t0 = time.perf_counter()
-    for i in range(count):
-        slots.acquire()
-        sent = time.perf_counter()
-        client.search_async(query_text(count + i), k=10, timeout=30).add_done_callback(lambda f, s=sent: done(s, f))
-    for _ in range(level):
-        slots.acquire()
+    latencies, failures, rate = searches_in_flight(client, [query_text(count + i) for i in range(count)], 10, level)
     if failures:
         raise SystemExit(f"{len(failures)} of {count} searches failed: {failures[0]!r}")
-    return latencies, count / (time.perf_counter() - t0)
+    return latencies, rate
 
 
 class PacedSearches:

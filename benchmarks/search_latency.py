@@ -93,8 +93,12 @@ def run_sequential(client: SearchClient, queries: int, k: int) -> None:
     )
 
 
-def run_concurrent(client: SearchClient, queries: int, k: int, in_flight: int) -> None:
-    slots = threading.Semaphore(in_flight)
+def searches_in_flight(
+    client: SearchClient, texts: Sequence[str], k: int, level: int
+) -> tuple[list[float], list[BaseException], float]:
+    """Search `texts` keeping `level` requests in flight: (latencies in ms of the answered ones,
+    the failures, searches/s over the whole run). ratios.py's phase (b) uses it too."""
+    slots = threading.Semaphore(level)
     latencies: list[float] = []
     failures: list[BaseException] = []
     lock = threading.Lock()
@@ -105,21 +109,26 @@ def run_concurrent(client: SearchClient, queries: int, k: int, in_flight: int) -
             try:
                 hits_or_raise(future.result())
                 latencies.append(elapsed)
-            except BaseException as e:  # counted and shown below
+            except BaseException as e:  # counted, reported by the caller
                 failures.append(e)
         slots.release()
 
     start = time.perf_counter()
-    for i in range(queries):
+    for text in texts:
         slots.acquire()
         sent = time.perf_counter()
-        future = client.search_async(QUERIES[i % len(QUERIES)], k=k, timeout=30)
+        future = client.search_async(text, k=k, timeout=30)
         future.add_done_callback(functools.partial(done, sent))
-    for _ in range(in_flight):
+    for _ in range(level):
         slots.acquire()
-    wall = time.perf_counter() - start
+    return latencies, failures, len(texts) / (time.perf_counter() - start)
+
+
+def run_concurrent(client: SearchClient, queries: int, k: int, in_flight: int) -> None:
+    texts = [QUERIES[i % len(QUERIES)] for i in range(queries)]
+    latencies, failures, rate = searches_in_flight(client, texts, k, in_flight)
     lost = f"   {len(failures)} FAILED: {failures[0]!r}" if failures else ""
-    print(f"  concurrency {in_flight:2d}: {percentiles(latencies)}   {queries / wall:6.1f} searches/s{lost}")
+    print(f"  concurrency {in_flight:2d}: {percentiles(latencies)}   {rate:6.1f} searches/s{lost}")
 
 
 def open_index(kind: str, root: Path) -> VectorIndex:
