@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xmodal.encoders._hub import cached_hub_file, hub_cache_dir
 from xmodal.encoders._torch import TorchRuntime, chunks, concat_rows, finish_vectors
 from xmodal.encoders.base import Modality, Vectors, Waveform
 from xmodal.errors import EncodeError, ModelLoadError
@@ -114,12 +115,12 @@ def _local_dir(path: Path, *, source: str) -> ClipWeights:
 
 
 def _hub_repo(repo: str, hub_cache: str | Path | None, *, source: str) -> ClipWeights:
-    config = _cached(repo, OPEN_CLIP_CONFIG, hub_cache)
-    weights = next(filter(None, (_cached(repo, name, hub_cache) for name in HUB_WEIGHT_FILES)), None)
+    config = cached_hub_file(repo, OPEN_CLIP_CONFIG, hub_cache)
+    weights = next(filter(None, (cached_hub_file(repo, name, hub_cache) for name in HUB_WEIGHT_FILES)), None)
     if config is None or weights is None:
         raise ModelLoadError(
             f"clip weights {source}: {OPEN_CLIP_CONFIG} and one of {', '.join(HUB_WEIGHT_FILES)} of hub repo "
-            f"{repo} are not in the local hub cache {_cache_dir(hub_cache)} (nothing is downloaded); {OFFLINE_HINT}"
+            f"{repo} are not in the local hub cache {hub_cache_dir(hub_cache)} (nothing is downloaded); {OFFLINE_HINT}"
         )
     # Both files resolve into the same snapshot (revision 'main'), which is an open_clip local-dir.
     return ClipWeights(f"{LOCAL_DIR}{Path(config).parent}", None, source=source)
@@ -139,11 +140,11 @@ def _tag(model: str, tag: str, hub_cache: str | Path | None) -> ClipWeights:
     repo, filename = os.path.split(cfg.get("hf_hub", ""))
     hub_files = [(repo, name) for name in _hub_weight_names(filename)] if repo else []
     url_file = OPEN_CLIP_URL_CACHE.expanduser() / os.path.basename(cfg["url"]) if cfg.get("url") else None
-    found = next((hit for repo_id, name in hub_files if (hit := _cached(repo_id, name, hub_cache))), None)
+    found = next((hit for repo_id, name in hub_files if (hit := cached_hub_file(repo_id, name, hub_cache))), None)
     if found is None and url_file is not None and url_file.is_file():
         found = str(url_file)
     if found is None:
-        tried = [f"{repo_id}/{name} in the hub cache {_cache_dir(hub_cache)}" for repo_id, name in hub_files]
+        tried = [f"{repo_id}/{name} in the hub cache {hub_cache_dir(hub_cache)}" for repo_id, name in hub_files]
         tried += [str(url_file)] if url_file is not None else []
         seed = ""
         if hub_files:
@@ -162,19 +163,6 @@ def _hub_weight_names(filename: str) -> tuple[str, ...]:
         return HUB_WEIGHT_FILES
     stem, suffix = os.path.splitext(filename)
     return (f"{stem}.safetensors", filename) if suffix in (".bin", ".pth") else (filename,)
-
-
-def _cached(repo: str, filename: str, hub_cache: str | Path | None) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    hit = try_to_load_from_cache(repo, filename, cache_dir=hub_cache)
-    return hit if isinstance(hit, str) else None  # None or a "known missing" sentinel otherwise
-
-
-def _cache_dir(hub_cache: str | Path | None) -> str:
-    from huggingface_hub import constants
-
-    return str(hub_cache or constants.HF_HUB_CACHE)
 
 
 def _model_config(weights: ClipWeights) -> dict[str, Any]:
