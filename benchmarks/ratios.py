@@ -120,6 +120,28 @@ def load_average() -> float:
     return round(os.getloadavg()[0], 2)
 
 
+class TowerUse:
+    """A tower scheduler's accounting over a stretch (phase e): each class's turns and share of the
+    wall time in the tower, and how many query calls rode along in ingest slices."""
+
+    def __init__(self, node: Node) -> None:
+        self.scheduler = getattr(node.spaces[SPACE], "scheduler", None)  # None: a tree before the scheduler
+        if self.scheduler is not None:
+            self.busy, self.turns = dict(self.scheduler.busy_s), dict(self.scheduler.turns)
+            self.riders, self.t0 = getattr(self.scheduler, "riders", 0), time.perf_counter()
+
+    def since(self) -> dict[str, Any] | None:
+        if self.scheduler is None:
+            return None
+        wall, s = time.perf_counter() - self.t0, self.scheduler
+        use: dict[str, Any] = {
+            p: {"turns": s.turns[p] - self.turns[p], "share": round((s.busy_s[p] - self.busy[p]) / wall, 3)}
+            for p in ("query", "ingest")
+        }
+        use["query_calls_riding_in_slices"] = getattr(s, "riders", 0) - self.riders
+        return use
+
+
 # -- baselines ------------------------------------------------------------------------------------
 
 
@@ -578,8 +600,10 @@ def run(
                 say("e: 20 searches/s idle, then during an ingest")
                 with PacedSearches(client, 20, 100_000) as idle_load:
                     time.sleep(sizes.paced_s)
+                tower = TowerUse(node)
                 with PacedSearches(client, 20, 200_000) as busy_load:
                     busy_rate = ingest(node, producer, text_events("busy", sizes.interference_texts))
+                measured["tower_during_ingest"] = tower.since()
                 failures = idle_load.failures + busy_load.failures
                 if failures:
                     raise SystemExit(f"{len(failures)} paced searches failed: {failures[0]!r}")

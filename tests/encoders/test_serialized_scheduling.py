@@ -1,6 +1,6 @@
 """The tower schedule of SerializedEncoder (xmodal/encoders/scheduling.py): searches before waiting
-ingest, ingest in bounded slices, a guaranteed ingest slice after a bounded run of query batches,
-and errors attributed per caller. Deterministic: the tower records its calls and runs one only
+ingest, riding along in the next ingest slice of their tower, ingest in bounded slices, a guaranteed
+ingest slice after a bounded run of query batches, and errors attributed per caller. Deterministic: the tower records its calls and runs one only
 when the test lets it, so each assertion is about the order the schedule chose, never about time."""
 
 from __future__ import annotations
@@ -33,7 +33,9 @@ class GatedTower:
 
     name, dim, modalities = "gated", 4, frozenset({"text"})
 
-    def __init__(self) -> None:
+    def __init__(self, log: list[list[str]] | None = None) -> None:
+        """`log`: a list shared with other towers, for the order of calls across them."""
+        self.log = log
         self.calls: list[list[str]] = []
         self._cond = threading.Condition()
         self._permits = 0
@@ -47,6 +49,8 @@ class GatedTower:
     def encode_texts(self, texts: Sequence[str]) -> Vectors:
         with self._cond:
             self.calls.append(list(texts))
+            if self.log is not None:
+                self.log.append(list(texts))
             self.active += 1
             self.max_active = max(self.max_active, self.active)
             self._cond.notify_all()
@@ -107,7 +111,7 @@ def items(prefix: str, n: int) -> list[str]:
     return [f"{prefix} {i}" for i in range(n)]
 
 
-def test_a_query_that_arrives_while_ingest_slices_wait_goes_next(pool: ThreadPoolExecutor) -> None:
+def test_queries_that_arrive_while_ingest_slices_wait_ride_along_in_the_next_slice(pool: ThreadPoolExecutor) -> None:
     tower = GatedTower()
     shared = SerializedEncoder(tower, ingest_slice=16)
     ingest, search = shared.for_ingest(), shared.for_queries()
@@ -116,37 +120,117 @@ def test_a_query_that_arrives_while_ingest_slices_wait_goes_next(pool: ThreadPoo
     assert tower.entered(1) == [bulk[:16]]  # the first slice holds the tower, two more wait
     answers = [queue(pool, search, [f"query {i}"]) for i in range(3)]
     tower.step()
-    # The three queries, merged, before the rest of the ingest batch.
-    assert tower.entered(2)[1] == ["query 0", "query 1", "query 2"]
+    # The three queries go next, in one forward with the next ingest slice: three more rows of a
+    # batch instead of a forward of their own.
+    queries = ["query 0", "query 1", "query 2"]
+    assert tower.entered(2)[1] == queries + bulk[16:32]
     tower.open()
     np.testing.assert_array_equal(ingested.result(20), rows_of(bulk))
     for i, answer in enumerate(answers):
         np.testing.assert_array_equal(answer.result(20), rows_of([f"query {i}"]))
-    assert tower.calls == [bulk[:16], ["query 0", "query 1", "query 2"], bulk[16:32], bulk[32:]]
+    assert tower.calls == [bulk[:16], queries + bulk[16:32], bulk[32:]]
     assert tower.max_active == 1
-    assert shared.scheduler.turns == {"query": 1, "ingest": 3}
+    assert shared.scheduler.turns == {"query": 0, "ingest": 3}
+    assert shared.scheduler.riders == 3
+
+
+def test_a_query_of_another_tower_gets_a_turn_of_its_own_and_a_large_query_rides_uncut(pool: ThreadPoolExecutor) -> None:
+    tower = GatedTower()
+    scheduler = SerializedEncoder(tower, ingest_slice=8).scheduler
+    bulk = items("item", 24)
+    ingested = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, bulk)
+    tower.entered(1)
+    # Another tower's text query (another encoder's bound method) cannot share the forward.
+    other = GatedTower()
+    other.open()
+    elsewhere = pool.submit(scheduler.encode, "query", "text", other.encode_texts, ["elsewhere"])
+    wait_for(lambda: scheduler.waiting("query") == 1, "the other tower's query queued")
+    tower.step()
+    np.testing.assert_array_equal(elsewhere.result(20), rows_of(["elsewhere"]))
+    assert other.calls == [["elsewhere"]] and tower.entered(2)[1] == bulk[8:16]
+    # A query as large as a slice rides along whole: the slice is not cut short for it.
+    large = items("query", 8)
+    answer = pool.submit(scheduler.encode, "query", "text", tower.encode_texts, large)
+    wait_for(lambda: scheduler.waiting("query") == 1, "the large query queued")
+    tower.open()
+    np.testing.assert_array_equal(answer.result(20), rows_of(large))
+    np.testing.assert_array_equal(ingested.result(20), rows_of(bulk))
+    assert tower.calls == [bulk[:8], bulk[8:16], large + bulk[16:]]
+    assert scheduler.riders == 1 and scheduler.turns == {"query": 1, "ingest": 3}
+
+
+def test_queries_wait_briefly_for_ingest_between_its_calls_then_go_alone(pool: ThreadPoolExecutor) -> None:
+    # The pipeline writes each part before it encodes the next: a query that comes in the gap
+    # waits for the next part (within ride_wait_s) and rides along in it.
+    tower = GatedTower()
+    scheduler = TowerScheduler(ingest_slice=8, ride_wait_s=60)  # long: the next part surely comes first
+    first, second = items("part one", 8), items("part two", 8)
+    one = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, first)
+    tower.entered(1)
+    query = pool.submit(scheduler.encode, "query", "text", tower.encode_texts, ["query"])
+    wait_for(lambda: scheduler.waiting("query") == 1, "the query queued")
+    tower.step()
+    np.testing.assert_array_equal(one.result(20), rows_of(first))
+    assert not query.done() and len(tower.calls) == 1  # paused: the first part's call has returned
+    two = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, second)
+    tower.open()
+    np.testing.assert_array_equal(query.result(20), rows_of(["query"]))
+    np.testing.assert_array_equal(two.result(20), rows_of(second))
+    assert tower.calls == [first, ["query"] + second] and scheduler.riders == 1
+
+    # Without a pause (or once it ends, or with no ingest finished just before) the query goes alone.
+    for wait_s in (0, 0.05):
+        gated = GatedTower()
+        scheduler = TowerScheduler(ingest_slice=8, ride_wait_s=wait_s)
+        one = pool.submit(scheduler.encode, "ingest", "text", gated.encode_texts, first)
+        gated.entered(1)
+        query = pool.submit(scheduler.encode, "query", "text", gated.encode_texts, ["query"])
+        wait_for(lambda: scheduler.waiting("query") == 1, "the query queued")
+        gated.open()
+        np.testing.assert_array_equal(query.result(20), rows_of(["query"]))
+        one.result(20)
+        assert gated.calls == [first, ["query"]] and scheduler.riders == 0 and scheduler.turns["query"] == 1
+    with pytest.raises(ValueError, match="ride_wait_s"):
+        TowerScheduler(ride_wait_s=-1)
 
 
 def test_ingest_gets_a_slice_after_the_bounded_run_of_query_batches(pool: ThreadPoolExecutor) -> None:
-    tower = GatedTower()
-    shared = SerializedEncoder(tower, ingest_slice=4, queries_per_slice=2)
-    ingest, search = shared.for_ingest(), shared.for_queries()
+    # Queries of another tower (say image queries during a text ingest) cannot ride along: they
+    # take turns of their own, and ingest still gets its slice after a bounded run of them.
+    order: list[list[str]] = []
+    tower, other = GatedTower(order), GatedTower(order)
+    scheduler = TowerScheduler(ingest_slice=4, queries_per_slice=2)
     bulk = items("item", 12)
-    ingested = pool.submit(ingest.encode_texts, bulk)
+    ingested = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, bulk)
     tower.entered(1)
     answers = {}
+
+    def ask(name: str) -> None:
+        answers[name] = pool.submit(scheduler.encode, "query", "text", other.encode_texts, [name])
+        wait_for(lambda: scheduler.waiting("query") == 1, f"{name} queued")
+
     # Each query arrives while the one before it holds the tower: query batches back to back,
     # the load under which first-come-first-served starved ingest.
-    for n, name in enumerate("abcd", start=1):
-        answers[name] = queue(pool, search, [name])
-        tower.step()
-        tower.entered(n + 1)
+    ask("a")
+    tower.step()
+    other.entered(1)
+    ask("b")
+    other.step()
+    other.entered(2)
+    ask("c")
+    other.step()
+    tower.entered(2)  # two query batches, then ingest's guaranteed slice
+    ask("d")
+    tower.step()
+    other.entered(3)
     tower.open()
+    other.open()
     np.testing.assert_array_equal(ingested.result(20), rows_of(bulk))
-    assert [a.result(20).shape for a in answers.values()] == [(1, 4)] * 4
-    # Two query batches, then ingest's guaranteed slice; the query that waited behind it goes
-    # next, merged with the one that came during the slice.
-    assert tower.calls == [bulk[:4], ["a"], ["b"], bulk[4:8], ["c", "d"], bulk[8:]]
+    for name, answer in answers.items():
+        np.testing.assert_array_equal(answer.result(20), rows_of([name]))
+    # The query that waited behind the slice goes next, merged with the one that came during it.
+    assert order == [bulk[:4], ["a"], ["b"], bulk[4:8], ["c", "d"], bulk[8:]]
+    assert scheduler.riders == 0
 
 
 def test_ingest_is_encoded_in_bounded_slices_and_queued_ingest_calls_share_one(pool: ThreadPoolExecutor) -> None:
@@ -196,8 +280,8 @@ def test_a_failing_input_fails_only_its_caller_in_a_merged_query_batch_and_in_a_
     np.testing.assert_array_equal(passing.result(20), rows_of(clean))
     assert tower.calls == [
         items("hold", 8),
-        ["good", "poison"], ["good"], ["poison"],  # merged, failed, retried per caller
-        poisoned[:8],
+        # The queries ride along in the next slice: merged, failed, retried per caller.
+        ["good", "poison"] + poisoned[:8], ["good"], ["poison"], poisoned[:8],
         poisoned[8:] + clean, poisoned[8:], clean,
     ]
     assert shared.scheduler.waiting("query") == shared.scheduler.waiting("ingest") == 0
@@ -250,6 +334,38 @@ def test_a_node_ingests_and_answers_searches_at_once_through_both_classes(broker
             time.sleep(0.2)
         assert client.search(texts[123], k=3)[0].id == "doc-123"
         turns = shared.scheduler.turns
-        # Searches went through the query class, ingest through sliced ingest turns (300 texts in
-        # slices of at most 8: at least 38 of them).
-        assert turns["query"] >= 1 and turns["ingest"] >= len(texts) // 8
+        # Searches went through the query class (alone or riding along in ingest slices), ingest
+        # through sliced ingest turns (300 texts in slices of at most 8: at least 38 of them).
+        assert turns["query"] + shared.scheduler.riders >= 1 and turns["ingest"] >= len(texts) // 8
+
+
+# -- the real MiniLM tower: a query's row is the same inside a slice of longer ingest texts ---------
+
+
+def test_real_minilm_rows_ridden_along_in_a_padded_slice_match_each_text_alone(pool: ThreadPoolExecutor) -> None:
+    from xmodal.config import load_settings
+    from xmodal.encoders.registry import build_space
+
+    space = build_space("mini", load_settings({}))
+    space.load()
+    shared = SerializedEncoder(space, ingest_slice=8)
+    queries = ["red circle", "a small blue square on a white background"]
+    # Ingest captions much longer than the queries, so the merged batch pads the queries' tokens.
+    captions = [f"a large {c} triangle beside a small {d} disc and a tiny {c} star, drawn on grey paper, item {i}"
+                for i, (c, d) in enumerate(zip(["green", "yellow", "purple"] * 4, ["orange", "black", "white"] * 4))]
+    held, released = threading.Event(), threading.Event()
+    holding = pool.submit(shared.scheduler.exclusive, lambda: (held.set(), released.wait(20)))  # hold the tower
+    assert held.wait(20)
+    ingested = queue(pool, shared.for_ingest(), captions)
+    answers = [queue(pool, shared.for_queries(), [q]) for q in queries]
+    released.set()
+    holding.result(20)
+    merged = np.concatenate([a.result(60) for a in answers])
+    # Both queries rode along with the first 8 captions in one forward.
+    assert shared.scheduler.riders == 2 and shared.scheduler.turns == {"query": 0, "ingest": 2}
+    alone = np.concatenate([space.encode_texts([q]) for q in queries])
+    cosines = np.sum(merged * alone, axis=1) / (np.linalg.norm(merged, axis=1) * np.linalg.norm(alone, axis=1))
+    assert cosines.min() >= 0.9999, cosines
+    captions_alone = np.concatenate([space.encode_texts([c]) for c in captions])
+    ingest_cosines = np.sum(ingested.result(60) * captions_alone, axis=1)
+    assert ingest_cosines.min() >= 0.9999, ingest_cosines

@@ -5,14 +5,24 @@ A first-come lock let a 64-item ingest batch hold the tower while searches queue
 the searches that queued then held it in turn while ingest waited. `TowerScheduler` decides who
 goes next instead, with two bounds that hold whatever the load:
 
-- a query never waits for more than one ingest slice (plus the query batch running ahead of it):
-  queued queries go before waiting ingest work, and ingest is encoded `ingest_slice` items at a time;
-- ingest is never starved: after `queries_per_slice` query batches in a row while ingest waited,
-  one ingest slice goes.
+- a query never waits for more than one turn of the tower plus `ride_wait_s` (below) before its
+  own turn, which is one ingest slice plus the queries riding in it at most: queued queries go
+  before waiting ingest work, and ingest is encoded `ingest_slice` items at a time;
+- ingest is never starved: every turn while ingest of the same tower waits gives it a slice, and
+  after `queries_per_slice` query batches of other towers in a row one ingest slice goes.
 
-Calls of the same class and modality that queue meanwhile are encoded as one batch (that is what
-batches concurrent searches), and a failing merged batch is retried per caller, so one bad input
-fails only the call that brought it.
+Calls of the same class and tower that queue meanwhile are encoded as one batch (that is what
+batches concurrent searches). Queries also ride along in ingest slices: when queries are next and
+ingest work for the same tower (modality of one encoder) waits, one forward encodes the queries and
+the next ingest slice. A search then costs about one more row of a batch instead of a forward of its
+own: a lone MiniLM text costs as much tower time as three to four texts in a batch, so at 20
+searches/s lone query forwards took ~40% of the tower from ingest. The pipeline encodes a batch
+part by part and writes each part before encoding the next, so between two of its slices no ingest
+waits for a moment; queries that find the tower free then wait up to `ride_wait_s` for the same
+tower's ingest to come back (only just after one of its calls finished), and go alone if it does
+not. A failing merged batch is retried per caller, so one bad input fails only the call that
+brought it; padding to the longest text of a batch leaves each row as it would be alone (attention
+masks; tests/encoders/test_serialized_scheduling.py checks it on the real MiniLM).
 """
 
 from __future__ import annotations
@@ -26,12 +36,13 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "Priority", "TowerScheduler"]
+__all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "DEFAULT_RIDE_WAIT_S", "Priority", "TowerScheduler"]
 
 Priority = Literal["query", "ingest"]
 PRIORITIES: tuple[Priority, ...] = ("query", "ingest")
 DEFAULT_INGEST_SLICE = 32
 DEFAULT_QUERIES_PER_SLICE = 1
+DEFAULT_RIDE_WAIT_S = 0.02  # longer than the pipeline's write between two parts, here
 
 Tower = Callable[[Sequence[Any]], Any]
 
@@ -40,6 +51,7 @@ Tower = Callable[[Sequence[Any]], Any]
 class _Call:
     """One caller's items; an ingest call may be encoded over several slices (`taken` so far)."""
 
+    priority: Priority
     modality: str
     tower: Tower
     items: Sequence[Any]
@@ -53,13 +65,30 @@ class _Call:
         self.done = True
         self.parts = self.parts if error is None else []
 
+    @property
+    def key(self) -> tuple[str, Tower]:
+        """What one forward can encode together: the same modality of the same tower (bound methods
+        of one encoder compare equal)."""
+        return self.modality, self.tower
+
+    def same_tower(self, other: _Call) -> bool:
+        return self.key == other.key
+
+    @property
+    def left(self) -> int:
+        return len(self.items) - self.taken
+
 
 @dataclass(eq=False)
 class _Unit:
-    """What one turn of the tower encodes: (call, start, stop) pieces of one class and modality."""
+    """What one turn of the tower encodes: (call, start, stop) pieces of one tower; `priority` is
+    the class whose turn it is ("ingest" for a slice that queries ride along in)."""
 
     priority: Priority
     pieces: list[tuple[_Call, int, int]]
+
+    def rows(self, priority: Priority) -> int:
+        return sum(stop - start for c, start, stop in self.pieces if c.priority == priority)
 
 
 class TowerScheduler:
@@ -69,19 +98,34 @@ class TowerScheduler:
     tower free encodes what the policy picks and hands each caller its rows.
     """
 
-    def __init__(self, *, ingest_slice: int = DEFAULT_INGEST_SLICE, queries_per_slice: int = DEFAULT_QUERIES_PER_SLICE) -> None:
+    def __init__(
+        self,
+        *,
+        ingest_slice: int = DEFAULT_INGEST_SLICE,
+        queries_per_slice: int = DEFAULT_QUERIES_PER_SLICE,
+        ride_along: bool = True,
+        ride_wait_s: float = DEFAULT_RIDE_WAIT_S,
+    ) -> None:
+        """`ride_along=False` gives queries turns of their own only (the schedule before queries rode
+        along in ingest slices; benchmarks/fair_share.py compares the two in one Node)."""
+        if ride_wait_s < 0:
+            raise ValueError(f"ride_wait_s must not be negative, not {ride_wait_s}")
         if ingest_slice < 1:
             raise ValueError(f"ingest_slice must be at least 1, not {ingest_slice}")
         if queries_per_slice < 1:
             raise ValueError(f"queries_per_slice must be at least 1, not {queries_per_slice}")
         self.ingest_slice = ingest_slice
         self.queries_per_slice = queries_per_slice
+        self.ride_along = ride_along
+        self.ride_wait_s = ride_wait_s
+        self._ingest_back: tuple[tuple[str, Tower], float] | None = None  # the tower whose ingest call just finished, until when
         self._cond = threading.Condition()
         self._waiting: dict[Priority, deque[_Call]] = {p: deque() for p in PRIORITIES}
         self._busy = False
         self._query_streak = 0  # query batches run in a row while ingest waited
         self.turns: dict[Priority, int] = {p: 0 for p in PRIORITIES}  # tower calls run per class
-        self.busy_s: dict[Priority, float] = {p: 0.0 for p in PRIORITIES}  # tower time per class
+        self.busy_s: dict[Priority, float] = {p: 0.0 for p in PRIORITIES}  # tower time per class (by rows)
+        self.riders = 0  # query calls encoded inside an ingest slice
 
     def waiting(self, priority: Priority) -> int:
         """Calls of this class with items not yet handed to the tower (for tests and introspection)."""
@@ -92,14 +136,19 @@ class TowerScheduler:
         """`tower(items)`'s rows, encoded when the policy gives this call its turn(s)."""
         if priority not in PRIORITIES:
             raise ValueError(f"priority must be one of {PRIORITIES}, not {priority!r}")
-        call = _Call(modality, tower, items)
+        call = _Call(priority, modality, tower, items)
         if not items:
             return self.exclusive(lambda: tower(items))  # the tower says what an empty call returns
         with self._cond:
             self._waiting[priority].append(call)
+            self._cond.notify_all()  # queries pausing for ingest to come back (_ride_pause)
             while not call.done:
                 if self._busy:
                     self._cond.wait()
+                    continue
+                pause = self._ride_pause()
+                if pause > 0:
+                    self._cond.wait(pause)
                     continue
                 unit = self._next_unit()
                 self._busy = True
@@ -109,7 +158,7 @@ class TowerScheduler:
                     self._run(unit)
                 finally:
                     self._cond.acquire()
-                    self.busy_s[unit.priority] += time.perf_counter() - started
+                    self._account(unit, time.perf_counter() - started)
                     self._busy = False
                     self._settle(unit)
                     self._cond.notify_all()
@@ -132,28 +181,52 @@ class TowerScheduler:
 
     # -- policy (called with the condition held) --------------------------------------------------
 
+    def _ride_pause(self) -> float:
+        """Seconds the queries should wait for ingest of their tower to come back (0: go now)."""
+        queries = self._waiting["query"]
+        if not self.ride_along or not queries or self._ingest_back is None:
+            return 0.0
+        head, (tower, until) = queries[0], self._ingest_back
+        if head.key != tower or any(c.left and c.same_tower(head) for c in self._waiting["ingest"]):
+            return 0.0
+        return max(0.0, until - time.monotonic())
+
     def _next_unit(self) -> _Unit:
         queries, ingest = self._waiting["query"], self._waiting["ingest"]
         if queries and (not ingest or self._query_streak < self.queries_per_slice):
-            self._query_streak = self._query_streak + 1 if ingest else 0
-            self.turns["query"] += 1
-            modality = queries[0].modality
-            pieces = [(c, 0, len(c.items)) for c in queries if c.modality == modality]
-            for c, _, stop in pieces:
-                c.taken = stop
-            return _Unit("query", pieces)
+            head = queries[0]
+            batch = self._queries_of(head)
+            pieces = self._slice(ingest, head, self.ingest_slice) if self.ride_along else []
+            if not pieces:  # no ingest of this tower waits: a query batch alone
+                self._query_streak = self._query_streak + 1 if ingest else 0
+                self.turns["query"] += 1
+                return _Unit("query", batch)
+        else:
+            head = next(c for c in ingest if c.left)
+            pieces = self._slice(ingest, head, self.ingest_slice)
+            batch = self._queries_of(head) if self.ride_along else []
+        # An ingest slice, with the waiting queries of its tower riding along (a turn of both).
         self._query_streak = 0
         self.turns["ingest"] += 1
-        return _Unit("ingest", self._slice(ingest))
+        self.riders += len(batch)
+        return _Unit("ingest", batch + pieces)
 
-    def _slice(self, ingest: deque[_Call]) -> list[tuple[_Call, int, int]]:
-        """Up to `ingest_slice` items from the queued ingest calls of the first one's modality, in
-        order; a call larger than what is left of the slice gives its next items."""
-        modality, room, pieces = ingest[0].modality, self.ingest_slice, []
+    def _queries_of(self, head: _Call) -> list[tuple[_Call, int, int]]:
+        """Every waiting query call of `head`'s tower, whole (a query call is never cut)."""
+        batch = [(c, 0, len(c.items)) for c in self._waiting["query"] if c.same_tower(head)]
+        for c, _, stop in batch:
+            c.taken = stop
+        return batch
+
+    @staticmethod
+    def _slice(ingest: deque[_Call], head: _Call, room: int) -> list[tuple[_Call, int, int]]:
+        """Up to `room` items from the queued ingest calls of `head`'s tower, in order; a call
+        larger than what is left of the slice gives its next items."""
+        pieces = []
         for c in ingest:
             if room == 0:
                 break
-            if c.modality != modality or c.taken == len(c.items):
+            if not c.left or not c.same_tower(head):
                 continue
             stop = min(len(c.items), c.taken + room)
             pieces.append((c, c.taken, stop))
@@ -161,12 +234,21 @@ class TowerScheduler:
             c.taken = stop
         return pieces
 
+    def _account(self, unit: _Unit, seconds: float) -> None:
+        """The turn's tower time, shared between the classes by their rows in it."""
+        rows = {p: unit.rows(p) for p in PRIORITIES}
+        total = sum(rows.values()) or 1
+        for p in PRIORITIES:
+            self.busy_s[p] += seconds * rows[p] / total
+
     def _settle(self, unit: _Unit) -> None:
-        """Drop the calls this unit finished from their queue."""
-        queue = self._waiting[unit.priority]
+        """Drop the calls this unit finished from their queues."""
         for c, _, _ in unit.pieces:
+            queue = self._waiting[c.priority]
             if c.done and c in queue:
                 queue.remove(c)
+                if c.priority == "ingest" and c.error is None:
+                    self._ingest_back = (c.key, time.monotonic() + self.ride_wait_s)
 
     # -- running a unit (without the condition) --------------------------------------------------------
 
