@@ -91,7 +91,7 @@ class Sizes:
                 clip_images=16,
             )
         return cls(
-            items=args.items, queries=args.queries, texts=2000, images=1000, freshness_s=20.0, paced_s=15.0,
+            items=args.items, queries=args.queries, texts=2000, images=args.images, freshness_s=20.0, paced_s=15.0,
             interference_texts=3000, clip_images=args.clip_images,
         )
 
@@ -649,6 +649,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--queries", type=int, default=300, help="searches of the 1-client phase (twice as many in flight)")
     parser.add_argument("--clip-images", type=int, default=200, help="images of the clip phase (f)")
     parser.add_argument(
+        "--images", type=int, default=1000, help="64x64 PNGs of phase (c) (more: a steadier image figure)"
+    )
+    parser.add_argument(
         "--phases", type=parse_phases, default=frozenset(PHASES),
         help=f"comma-separated phases to run, of {','.join(PHASES)} (default: all; see the module docstring)",
     )
@@ -660,8 +663,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as a PNG here")
     args = parser.parse_args(argv)
-    if args.items < 1 or args.queries < 1 or args.clip_images < 1:
-        parser.error("--items, --queries and --clip-images must be at least 1")
+    if args.items < 1 or args.queries < 1 or args.clip_images < 1 or args.images < 1:
+        parser.error("--items, --queries, --clip-images and --images must be at least 1")
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}, load {load_average()}] {message}", file=sys.stderr, flush=True)
