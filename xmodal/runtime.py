@@ -198,6 +198,11 @@ class Node:
         return recorded
 
     @property
+    def query_service(self) -> QueryService | None:
+        """The hosted query service (None without the query role), e.g. for benchmarks/search_batching.py."""
+        return self._query
+
+    @property
     def failure(self) -> BaseException | None:
         """Why a hosted service stopped on its own (e.g. the index stayed unavailable), else None.
         A crashed hosted gateway is only logged (once): the page is an aid, indexing and search go on."""

@@ -75,6 +75,10 @@ class FakeConsumer:
         time.sleep(min(timeout, 0.01))
         return None
 
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        """What was fetched with the last poll's message: nothing more here."""
+        return []
+
     def close(self) -> None:
         self.closed.set()
 

@@ -24,6 +24,7 @@ from xmodal.errors import EncodeError, SchemaError, XmodalError
 from xmodal.indexer.base import VectorIndex
 from xmodal.metrics import timed
 from xmodal.query_api.backgrounds import Backgrounds
+from xmodal.query_api.batching import DEFAULT_GATHER_S, NO_TICKET, Arrivals, TextBatcher, Ticket
 from xmodal.query_api.fusion import RankedList, calibration, fuse
 from xmodal.query_api.query_cache import DEFAULT_ENTRIES, QueryVectorCache
 from xmodal.query_api.rerank import RerankStage
@@ -51,9 +52,12 @@ class Searcher:
         *,
         rerank: RerankStage | None = None,
         query_cache_entries: int = DEFAULT_ENTRIES,
+        gather_s: float = DEFAULT_GATHER_S,
     ) -> None:
         """`rerank`: the rerank stage (RerankStage.from_settings); None: first stage only.
-        `query_cache_entries`: text-query vectors kept per process (query_cache.py); 0: none."""
+        `query_cache_entries`: text-query vectors kept per process (query_cache.py); 0: none.
+        `gather_s`: how long a text query waits at most for the requests `arrivals` counts, to be
+        encoded with them (batching.py); 0: never."""
         if not spaces:
             raise ValueError("a Searcher needs at least one space")
         self._spaces: dict[str, SerializedEncoder] = {
@@ -64,6 +68,11 @@ class Searcher:
         self._backgrounds = Backgrounds(index)
         self._rerank = rerank
         self.query_cache = QueryVectorCache(query_cache_entries)
+        # The query service takes a ticket here for each request it hands to a worker (batching.py).
+        self.arrivals = Arrivals()
+        self.batchers = {
+            name: TextBatcher(e.encode_texts, self.arrivals, gather_s=gather_s) for name, e in self._spaces.items()
+        }
 
     @property
     def spaces(self) -> tuple[str, ...]:
@@ -80,7 +89,15 @@ class Searcher:
         if self._rerank is not None:
             self._rerank.start()
 
-    def search(self, request: SearchRequest) -> list[SearchHit]:
+    def search(self, request: SearchRequest, ticket: Ticket = NO_TICKET) -> list[SearchHit]:
+        """The fused hits. `ticket`: from `arrivals.ticket()` when the request was taken (the
+        query service's), done here once the request reached its encode or left before it."""
+        try:
+            return self._search(request, ticket)
+        finally:
+            ticket.done()
+
+    def _search(self, request: SearchRequest, ticket: Ticket) -> list[SearchHit]:
         modality = request.query.kind
         spaces = self._choose_spaces(request.spaces, modality)
         result_modalities = request.modalities or RESULT_MODALITIES
@@ -91,7 +108,8 @@ class Searcher:
         vectors: dict[str, Vectors] = {}
         with timed("query_encode"):
             for name in spaces:
-                vectors[name] = self._encode(name, modality, content)
+                vectors[name] = self._encode(name, modality, content, ticket)
+            ticket.done()  # a cached text or a media query
         lists: list[RankedList] = []
         with timed("search"):
             for name in spaces:
@@ -155,16 +173,19 @@ class Searcher:
             return load_media("image", data_b64=None, uri=query.uri, limits=self._limits)
         return load_media("audio", data_b64=None, uri=query.uri, limits=self._limits)
 
-    def _encode(self, space: str, modality: Modality, content: Any) -> Vectors:
+    def _encode(self, space: str, modality: Modality, content: Any, ticket: Ticket = NO_TICKET) -> Vectors:
         if modality == "text":  # a text seen lately is not encoded again (query_cache.py)
-            return self.query_cache.get_or_encode(space, content, lambda: self._encode_now(space, modality, content))
+            return self.query_cache.get_or_encode(
+                space, content, lambda: self._encode_now(space, modality, content, ticket)
+            )
+        ticket.done()  # media queries are not batched here: nothing waits for this one
         return self._encode_now(space, modality, content)
 
-    def _encode_now(self, space: str, modality: Modality, content: Any) -> Vectors:
+    def _encode_now(self, space: str, modality: Modality, content: Any, ticket: Ticket = NO_TICKET) -> Vectors:
         encoder = self._spaces[space]
         try:
-            if modality == "text":
-                out = encoder.encode_texts([content])
+            if modality == "text":  # with the text queries that arrive with it (batching.py)
+                out = self.batchers[space].encode(content, ticket)[None, :]
             elif modality == "image":
                 out = encoder.encode_images([content])
             else:

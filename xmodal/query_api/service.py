@@ -47,6 +47,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from xmodal.config import Settings
 from xmodal.errors import BrokerError, SchemaError, XmodalError
 from xmodal.metrics import SEARCH_ERRORS, SEARCH_REQUESTS, STAGE_SECONDS, UNROUTABLE_REQUESTS
+from xmodal.query_api.batching import NO_TICKET, Ticket
 from xmodal.query_api.routing import reply_topic_refusal
 from xmodal.query_api.searcher import Searcher
 from xmodal.schema import ErrorInfo, SearchHit, SearchReply, dump_reply, parse_search_request
@@ -224,6 +225,10 @@ class QueryService:
             self._producer = None  # let librdkafka go now, not at garbage collection
 
     @property
+    def searcher(self) -> Searcher:
+        return self._searcher
+
+    @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopping.is_set()
 
@@ -268,22 +273,14 @@ class QueryService:
             while not self._stopping.is_set():
                 producer.poll(0)  # serve delivery callbacks of replies
                 try:
-                    msg = consumer.poll(0.05)
+                    msgs = self._fetched(consumer)
                 except KafkaException as e:
                     self._broker_trouble(e.args[0] if e.args else e, "polling")
                     continue
                 if self._fatal is not None:
                     raise KafkaException(self._fatal)
-                if msg is None:
-                    continue
-                error = msg.error()
-                if error is not None:
-                    if error.code() != KafkaError._PARTITION_EOF:
-                        self._broker_trouble(error, "consuming")
-                    continue
-                if not self._take_slot():
+                if not self._hand_out(msgs, pool):
                     break
-                pool.submit(self._serve, msg)
         except BaseException as e:  # recorded for `crashed`; requests never get here (see _serve)
             self._crash = e
             log.exception("the query service poll loop died")
@@ -296,6 +293,34 @@ class QueryService:
                     self._crash = e
             if self._crash is None and not self._stopping.is_set():
                 self._crash = RuntimeError("the query service poll loop ended without being stopped")
+
+    def _fetched(self, consumer: Consumer) -> list[Message]:
+        """The next request (waiting up to 50 ms) and every one fetched with it. Taken at once,
+        their tickets are out before the first reaches the tower, so the queries that came
+        together are encoded together (batching.py). consume() with a timeout waits for all
+        `num_messages` or the timeout (librdkafka 2.16), so only the first wait is a poll()."""
+        first = consumer.poll(0.05)
+        if first is None:
+            return []
+        more = self._settings.query_concurrency - 1
+        return [first, *consumer.consume(more, 0)] if more > 0 else [first]
+
+    def _hand_out(self, msgs: list[Message], pool: ThreadPoolExecutor) -> bool:
+        """Give each request of `msgs` a slot and a worker; False if stopping meanwhile."""
+        requests = []
+        for msg in msgs:
+            error = msg.error()
+            if error is None:
+                requests.append(msg)
+            elif error.code() != KafkaError._PARTITION_EOF:
+                self._broker_trouble(error, "consuming")
+        for msg in requests:
+            if not self._take_slot():
+                return False
+            # Counted from here to its encode: a batch of queries waits for those already taken
+            # (not for those still waiting for a slot, which wait for this batch).
+            pool.submit(self._serve, msg, self._searcher.arrivals.ticket())
+        return True
 
     def _take_slot(self) -> bool:
         """Wait for a free slot (backpressure); False if stopping."""
@@ -313,19 +338,20 @@ class QueryService:
 
     # -- worker threads -------------------------------------------------------------------------
 
-    def _serve(self, msg: Message) -> None:
+    def _serve(self, msg: Message, ticket: Ticket = NO_TICKET) -> None:
         start = time.perf_counter()
         try:
-            topic, reply, refusal = self._answer(msg.key(), msg.value(), start)
+            topic, reply, refusal = self._answer(msg.key(), msg.value(), start, ticket)
             self._send(topic, reply, msg, refusal)
         except Exception:  # never let one request take a worker down with it
             log.exception("serving the request at %s[%s]@%s failed", msg.topic(), msg.partition(), msg.offset())
         finally:
+            ticket.done()  # a request that never reached the search (refused, unparseable)
             STAGE_SECONDS.labels("request").observe(time.perf_counter() - start)
             self._slots.release()
 
     def _answer(
-        self, key: bytes | None, value: bytes | None, start: float
+        self, key: bytes | None, value: bytes | None, start: float, ticket: Ticket = NO_TICKET
     ) -> tuple[str | None, SearchReply, str | None]:
         """(reply topic, reply, refusal): no topic, and the refusal, when the request cannot be answered."""
         try:
@@ -342,7 +368,7 @@ class QueryService:
                 late = time.time() * 1000 - request.deadline_ms
                 message = f"picked up {late:.0f} ms after its deadline_ms"
                 return reply_topic, self._error_reply(request.request_id, "deadline_exceeded", message, start), None
-            hits = thumbnails_within_budget(self._searcher.search(request), request.with_thumbnails)
+            hits = thumbnails_within_budget(self._searcher.search(request, ticket), request.with_thumbnails)
         except XmodalError as e:
             return reply_topic, self._error_reply(request.request_id, e.code, e.message, start), None
         except Exception as e:
