@@ -18,7 +18,7 @@ taken requests from Kafka that its workers have not yet parsed. So:
   of a closed loop return in a wave after each call, and a tower call that starts with the first
   of them runs while the rest of the wave's Python work (parse, index search, reply) shares the
   two cores and the GIL with it; waiting for the wave lets the tower run with the cores to itself
-  (16 in flight: +30-75% searches/s in the same Node, docs/performance.md).
+  (16 in flight: +9-74% searches/s in same-Node pairs, docs/performance.md).
 
 One client (nothing else taken, every call of one text) never waits: its own ticket is done when it
 queues, and a lone call never lingers. A merged call that fails is retried text by text, so one
