@@ -326,11 +326,18 @@ def create_app(
         """One batch in hand: wait for its writes, then (after the batch before it) its dead letters
         and acks."""
         try:
-            result = await written
-            if before is not None:
-                await asyncio.wait({before})  # dead letters and acks in batch order
-            if result is None or app.failure is not None:
-                return  # not written, or the batch before failed: nothing of this one is acked
+            result, error = await written, None
+        except Exception as e:  # noqa: BLE001 - reported below, once the batch before is done
+            result, error = None, e
+        if before is not None:
+            await asyncio.wait({before})  # failures, dead letters and acks in batch order
+        if app.failure is not None:
+            return  # the batch before failed: this one is replayed with it, and said nothing more
+        try:
+            if error is not None:
+                raise error
+            if result is None:
+                return  # not written (stopping): left unacked
             if result.dead:
                 await dead_letter(result.dead)
                 for d in result.dead:
