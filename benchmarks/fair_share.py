@@ -50,9 +50,12 @@ from xmodal.streams.broker import EmbeddedBroker  # noqa: E402
 from xmodal.streams.kafka import producer_config  # noqa: E402
 
 
-def parse_schedules(text: str) -> list[tuple[str, int | None]]:
+Schedule = tuple[str, int | None]  # ride | alone, the slice (None: the setting's)
+
+
+def parse_schedules(text: str) -> list[Schedule]:
     """`ride,alone/16` -> [("ride", None), ("alone", 16)]."""
-    schedules = []
+    schedules: list[Schedule] = []
     for part in text.split(","):
         name, _, size = part.strip().partition("/")
         if name not in ("ride", "alone") or (size and not size.isdigit()) or size == "0":
@@ -63,7 +66,7 @@ def parse_schedules(text: str) -> list[tuple[str, int | None]]:
 
 def run(
     items: int, idle_texts: int, busy_texts: int, paced_s: float, rate: float, overrides: dict[str, Any],
-    schedules: list[tuple[str, int | None]],
+    schedules: list[Schedule],
 ) -> dict[str, Any]:
     report: dict[str, Any] = {"load_average_start": load_average(), "items": items, "settings": overrides}
     steps: list[dict[str, Any]] = []
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--schedules", type=parse_schedules, default=[("ride", None)],
         help="comma-separated busy steps, each ride (queries ride along in ingest slices) or alone "
-        "(turns of their own), optionally /<slice>, e.g. ride,alone,alone,ride",
+        "(turns of their own), optionally /<slice>, e.g. ride,alone,alone,ride or ride/16,alone",
     )
     args = parser.parse_args(argv)
     if min(args.items, args.idle_texts, args.busy_texts) < 1 or args.paced_s <= 0 or args.rate <= 0:

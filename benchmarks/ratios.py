@@ -129,6 +129,7 @@ class TowerUse:
         if self.scheduler is not None:
             self.busy, self.turns = dict(self.scheduler.busy_s), dict(self.scheduler.turns)
             self.riders, self.t0 = getattr(self.scheduler, "riders", 0), time.perf_counter()
+            getattr(self.scheduler, "ingest_gaps_s", []).clear()
 
     def since(self) -> dict[str, Any] | None:
         if self.scheduler is None:
@@ -139,6 +140,9 @@ class TowerUse:
             for p in ("query", "ingest")
         }
         use["query_calls_riding_in_slices"] = getattr(s, "riders", 0) - self.riders
+        gaps = sorted(getattr(s, "ingest_gaps_s", []))
+        if gaps:  # between an ingest call's end and the next one's arrival (the pipeline's write)
+            use["ingest_gap_ms"] = {q: round(1000 * gaps[int(f * (len(gaps) - 1))], 1) for q, f in (("p50", 0.5), ("p90", 0.9), ("max", 1.0))}
         return use
 
 

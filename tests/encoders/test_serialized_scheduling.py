@@ -159,39 +159,37 @@ def test_a_query_of_another_tower_gets_a_turn_of_its_own_and_a_large_query_rides
     assert scheduler.riders == 1 and scheduler.turns == {"query": 1, "ingest": 3}
 
 
-def test_queries_wait_briefly_for_ingest_between_its_calls_then_go_alone(pool: ThreadPoolExecutor) -> None:
-    # The pipeline writes each part before it encodes the next: a query that comes in the gap
-    # waits for the next part (within ride_wait_s) and rides along in it.
+def test_a_query_goes_alone_at_once_when_no_ingest_of_its_tower_waits(pool: ThreadPoolExecutor) -> None:
+    # Between two parts the pipeline writes and no ingest waits: the query does not wait for the
+    # next part (the tower never idles while work waits).
     tower = GatedTower()
-    scheduler = TowerScheduler(ingest_slice=8, ride_wait_s=60)  # long: the next part surely comes first
-    first, second = items("part one", 8), items("part two", 8)
+    scheduler = TowerScheduler(ingest_slice=8)
+    first = items("part one", 8)
     one = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, first)
     tower.entered(1)
     query = pool.submit(scheduler.encode, "query", "text", tower.encode_texts, ["query"])
     wait_for(lambda: scheduler.waiting("query") == 1, "the query queued")
     tower.step()
     np.testing.assert_array_equal(one.result(20), rows_of(first))
-    assert not query.done() and len(tower.calls) == 1  # paused: the first part's call has returned
-    two = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, second)
+    assert tower.entered(2)[1] == ["query"]  # alone, before any next part came
+    two = pool.submit(scheduler.encode, "ingest", "text", tower.encode_texts, items("part two", 8))
     tower.open()
     np.testing.assert_array_equal(query.result(20), rows_of(["query"]))
-    np.testing.assert_array_equal(two.result(20), rows_of(second))
-    assert tower.calls == [first, ["query"] + second] and scheduler.riders == 1
-
-    # Without a pause (or once it ends, or with no ingest finished just before) the query goes alone.
-    for wait_s in (0, 0.05):
-        gated = GatedTower()
-        scheduler = TowerScheduler(ingest_slice=8, ride_wait_s=wait_s)
-        one = pool.submit(scheduler.encode, "ingest", "text", gated.encode_texts, first)
-        gated.entered(1)
-        query = pool.submit(scheduler.encode, "query", "text", gated.encode_texts, ["query"])
-        wait_for(lambda: scheduler.waiting("query") == 1, "the query queued")
-        gated.open()
-        np.testing.assert_array_equal(query.result(20), rows_of(["query"]))
-        one.result(20)
-        assert gated.calls == [first, ["query"]] and scheduler.riders == 0 and scheduler.turns["query"] == 1
-    with pytest.raises(ValueError, match="ride_wait_s"):
-        TowerScheduler(ride_wait_s=-1)
+    two.result(20)
+    assert scheduler.riders == 0 and scheduler.turns == {"query": 1, "ingest": 2}
+    assert len(scheduler.ingest_gaps_s) == 1  # part one's end -> part two's arrival, measured
+    # ride_along=False: queries only in turns of their own, as before they rode along.
+    gated = GatedTower()
+    scheduler = TowerScheduler(ingest_slice=8, ride_along=False)
+    bulk = items("item", 16)
+    ingested = pool.submit(scheduler.encode, "ingest", "text", gated.encode_texts, bulk)
+    gated.entered(1)
+    query = pool.submit(scheduler.encode, "query", "text", gated.encode_texts, ["query"])
+    wait_for(lambda: scheduler.waiting("query") == 1, "the query queued")
+    gated.open()
+    np.testing.assert_array_equal(query.result(20), rows_of(["query"]))
+    np.testing.assert_array_equal(ingested.result(20), rows_of(bulk))
+    assert gated.calls == [bulk[:8], ["query"], bulk[8:]] and scheduler.riders == 0
 
 
 def test_ingest_gets_a_slice_after_the_bounded_run_of_query_batches(pool: ThreadPoolExecutor) -> None:
@@ -206,8 +204,9 @@ def test_ingest_gets_a_slice_after_the_bounded_run_of_query_batches(pool: Thread
     answers = {}
 
     def ask(name: str) -> None:
+        before = scheduler.waiting("query")
         answers[name] = pool.submit(scheduler.encode, "query", "text", other.encode_texts, [name])
-        wait_for(lambda: scheduler.waiting("query") == 1, f"{name} queued")
+        wait_for(lambda: scheduler.waiting("query") > before, f"{name} queued")
 
     # Each query arrives while the one before it holds the tower: query batches back to back,
     # the load under which first-come-first-served starved ingest.

@@ -5,9 +5,9 @@ A first-come lock let a 64-item ingest batch hold the tower while searches queue
 the searches that queued then held it in turn while ingest waited. `TowerScheduler` decides who
 goes next instead, with two bounds that hold whatever the load:
 
-- a query never waits for more than one turn of the tower plus `ride_wait_s` (below) before its
-  own turn, which is one ingest slice plus the queries riding in it at most: queued queries go
-  before waiting ingest work, and ingest is encoded `ingest_slice` items at a time;
+- a query never waits for more than one turn of the tower before its own, and a turn is one ingest
+  slice plus the queries riding in it at most (or one query batch): queued queries go before
+  waiting ingest work, and ingest is encoded `ingest_slice` items at a time;
 - ingest is never starved: every turn while ingest of the same tower waits gives it a slice, and
   after `queries_per_slice` query batches of other towers in a row one ingest slice goes.
 
@@ -15,14 +15,12 @@ Calls of the same class and tower that queue meanwhile are encoded as one batch 
 batches concurrent searches). Queries also ride along in ingest slices: when queries are next and
 ingest work for the same tower (modality of one encoder) waits, one forward encodes the queries and
 the next ingest slice. A search then costs about one more row of a batch instead of a forward of its
-own: a lone MiniLM text costs as much tower time as three to four texts in a batch, so at 20
-searches/s lone query forwards took ~40% of the tower from ingest. The pipeline encodes a batch
-part by part and writes each part before encoding the next, so between two of its slices no ingest
-waits for a moment; queries that find the tower free then wait up to `ride_wait_s` for the same
-tower's ingest to come back (only just after one of its calls finished), and go alone if it does
-not. A failing merged batch is retried per caller, so one bad input fails only the call that
-brought it; padding to the longest text of a batch leaves each row as it would be alone (attention
-masks; tests/encoders/test_serialized_scheduling.py checks it on the real MiniLM).
+own (a lone MiniLM text costs as much tower time as three to four texts in a batch). The schedule
+never leaves the tower idle while work waits: with no ingest of their tower waiting (the pipeline
+writes a part before it encodes the next), queries go alone at once. A failing merged batch is
+retried per caller, so one bad input fails only the call that brought it; padding to the longest
+text of a batch leaves each row as it would be alone (attention masks;
+tests/encoders/test_serialized_scheduling.py checks it on the real MiniLM).
 """
 
 from __future__ import annotations
@@ -36,13 +34,12 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "DEFAULT_RIDE_WAIT_S", "Priority", "TowerScheduler"]
+__all__ = ["DEFAULT_INGEST_SLICE", "DEFAULT_QUERIES_PER_SLICE", "Priority", "TowerScheduler"]
 
 Priority = Literal["query", "ingest"]
 PRIORITIES: tuple[Priority, ...] = ("query", "ingest")
 DEFAULT_INGEST_SLICE = 32
 DEFAULT_QUERIES_PER_SLICE = 1
-DEFAULT_RIDE_WAIT_S = 0.02  # longer than the pipeline's write between two parts, here
 
 Tower = Callable[[Sequence[Any]], Any]
 
@@ -104,12 +101,9 @@ class TowerScheduler:
         ingest_slice: int = DEFAULT_INGEST_SLICE,
         queries_per_slice: int = DEFAULT_QUERIES_PER_SLICE,
         ride_along: bool = True,
-        ride_wait_s: float = DEFAULT_RIDE_WAIT_S,
     ) -> None:
         """`ride_along=False` gives queries turns of their own only (the schedule before queries rode
         along in ingest slices; benchmarks/fair_share.py compares the two in one Node)."""
-        if ride_wait_s < 0:
-            raise ValueError(f"ride_wait_s must not be negative, not {ride_wait_s}")
         if ingest_slice < 1:
             raise ValueError(f"ingest_slice must be at least 1, not {ingest_slice}")
         if queries_per_slice < 1:
@@ -117,8 +111,9 @@ class TowerScheduler:
         self.ingest_slice = ingest_slice
         self.queries_per_slice = queries_per_slice
         self.ride_along = ride_along
-        self.ride_wait_s = ride_wait_s
-        self._ingest_back: tuple[tuple[str, Tower], float] | None = None  # the tower whose ingest call just finished, until when
+        self._ingest_done_at: dict[tuple[str, Tower], float] = {}
+        # A tower's ingest call finished -> its next one came (the pipeline's write; ratios.py reads and resets it).
+        self.ingest_gaps_s: deque[float] = deque(maxlen=512)
         self._cond = threading.Condition()
         self._waiting: dict[Priority, deque[_Call]] = {p: deque() for p in PRIORITIES}
         self._busy = False
@@ -140,15 +135,12 @@ class TowerScheduler:
         if not items:
             return self.exclusive(lambda: tower(items))  # the tower says what an empty call returns
         with self._cond:
+            if priority == "ingest" and (done_at := self._ingest_done_at.pop(call.key, None)) is not None:
+                self.ingest_gaps_s.append(time.monotonic() - done_at)
             self._waiting[priority].append(call)
-            self._cond.notify_all()  # queries pausing for ingest to come back (_ride_pause)
             while not call.done:
                 if self._busy:
                     self._cond.wait()
-                    continue
-                pause = self._ride_pause()
-                if pause > 0:
-                    self._cond.wait(pause)
                     continue
                 unit = self._next_unit()
                 self._busy = True
@@ -180,16 +172,6 @@ class TowerScheduler:
                 self._cond.notify_all()
 
     # -- policy (called with the condition held) --------------------------------------------------
-
-    def _ride_pause(self) -> float:
-        """Seconds the queries should wait for ingest of their tower to come back (0: go now)."""
-        queries = self._waiting["query"]
-        if not self.ride_along or not queries or self._ingest_back is None:
-            return 0.0
-        head, (tower, until) = queries[0], self._ingest_back
-        if head.key != tower or any(c.left and c.same_tower(head) for c in self._waiting["ingest"]):
-            return 0.0
-        return max(0.0, until - time.monotonic())
 
     def _next_unit(self) -> _Unit:
         queries, ingest = self._waiting["query"], self._waiting["ingest"]
@@ -248,7 +230,7 @@ class TowerScheduler:
             if c.done and c in queue:
                 queue.remove(c)
                 if c.priority == "ingest" and c.error is None:
-                    self._ingest_back = (c.key, time.monotonic() + self.ride_wait_s)
+                    self._ingest_done_at[c.key] = time.monotonic()
 
     # -- running a unit (without the condition) --------------------------------------------------------
 
