@@ -45,6 +45,8 @@ from torch import nn
 from torch.nn import functional as F
 
 from xmodal.encoders.base import Modality
+from xmodal.encoders.mini.mentions import DESIGN as MENTIONS
+from xmodal.encoders.mini.mentions import MentionsConfig, MentionsModel
 from xmodal.encoders.mini.regions import RegionConfig, RegionEncoder
 from xmodal.encoders.mini.text import minilm_dir
 from xmodal.encoders.mini.towers import _conv, image_batch
@@ -62,6 +64,7 @@ __all__ = [
     "CrossModel",
     "MiniCrossEncoder",
     "TokenStates",
+    "checkpoint_design",
     "cross_path",
     "load_cross",
     "save_cross",
@@ -350,21 +353,39 @@ def pad_states(rows: Sequence[torch.Tensor]) -> TokenStates:
     return TokenStates(states, mask)
 
 
-def save_cross(model: CrossModel, path: str | Path, alpha: float, extra: dict[str, str] | None = None) -> None:
-    """Weights as safetensors (fp32); config and the fitted `alpha` in the metadata."""
+def save_cross(
+    model: CrossModel | MentionsModel, path: str | Path, alpha: float, extra: dict[str, str] | None = None
+) -> None:
+    """Weights as safetensors (fp32); design, config and the fitted `alpha` in the metadata."""
     import os
 
     from safetensors.torch import save_file
 
     state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
     state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
-    metadata = {"kind": "mini-cross", "config": json.dumps(model.config.to_dict()), "alpha": repr(float(alpha))}
+    design = MENTIONS if isinstance(model, MentionsModel) else "cross"
+    metadata = {
+        "kind": "mini-cross",
+        "design": design,
+        "config": json.dumps(model.config.to_dict()),
+        "alpha": repr(float(alpha)),
+    }
     save_file(state, str(path), metadata={**metadata, **(extra or {})})
     os.chmod(path, 0o644)
 
 
-def load_cross(path: str | Path, device: str | torch.device = "cpu") -> tuple[CrossModel, float]:
-    """(model in eval mode, alpha) from a file written by `save_cross`."""
+def checkpoint_design(path: str | Path) -> str:
+    """The design a checkpoint written by `save_cross` holds: "mentions" or "cross" (the first
+    checkpoints, whose metadata has no `design`)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        return (f.metadata() or {}).get("design", "cross")
+
+
+def load_cross(path: str | Path, device: str | torch.device = "cpu") -> tuple[CrossModel | MentionsModel, float]:
+    """(model in eval mode, alpha) from a file written by `save_cross`; its metadata's `design`
+    says which model ("mentions": mentions.py; "cross" or none, the first checkpoints: CrossModel)."""
     from safetensors import safe_open
     from safetensors.torch import load_file
 
@@ -372,7 +393,15 @@ def load_cross(path: str | Path, device: str | torch.device = "cpu") -> tuple[Cr
         metadata = f.metadata() or {}
     if metadata.get("kind") != "mini-cross":
         raise ValueError(f"{path} is not a mini cross-encoder checkpoint (metadata kind {metadata.get('kind')!r})")
-    model = CrossModel(CrossConfig.from_dict(json.loads(metadata["config"])))
+    design = metadata.get("design", "cross")
+    config = json.loads(metadata["config"])
+    model: CrossModel | MentionsModel
+    if design == MENTIONS:
+        model = MentionsModel(MentionsConfig.from_dict(config))
+    elif design == "cross":
+        model = CrossModel(CrossConfig.from_dict(config))
+    else:
+        raise ValueError(f"{path} has an unknown cross-encoder design {design!r}; valid: cross, {MENTIONS}")
     model.load_state_dict(load_file(str(path)))
     return model.to(device).eval(), float(metadata["alpha"])
 
@@ -390,12 +419,12 @@ class MiniCrossEncoder:
         self._settings = settings
         self._path = cross_path(weights_dir)
         self._tokens: MiniLMTokens | None = None
-        self._model: CrossModel | None = None
+        self._model: CrossModel | MentionsModel | None = None
         self._alpha = 1.0
         self._device = torch.device("cpu")
 
     @classmethod
-    def from_model(cls, model: CrossModel, alpha: float, tokens: MiniLMTokens) -> MiniCrossEncoder:
+    def from_model(cls, model: CrossModel | MentionsModel, alpha: float, tokens: MiniLMTokens) -> MiniCrossEncoder:
         """An encoder around an in-memory model (training fits alpha and evaluates through this)."""
         encoder = cls()
         encoder._model, encoder._alpha, encoder._tokens = model, float(alpha), tokens
@@ -429,14 +458,15 @@ class MiniCrossEncoder:
         tokens.load()
         self._tokens = tokens
 
-    def _loaded(self) -> tuple[CrossModel, MiniLMTokens]:
+    def _loaded(self) -> tuple[CrossModel | MentionsModel, MiniLMTokens]:
         if self._model is None or self._tokens is None:
             raise RuntimeError("MiniCrossEncoder.load() was not called")
         return self._model, self._tokens
 
     @torch.inference_mode()
     def image_regions(self, images: Sequence[Image.Image]) -> torch.Tensor:
-        """(n, 64, width) region features of images (any size or mode; towers.preprocess_image)."""
+        """(n, 64, width) region features of images (any size or mode; towers.preprocess_image); for
+        the "mentions" design each cell's shape, colour and size probabilities (width 22)."""
         model, _ = self._loaded()
         try:
             pixels = image_batch(list(images))

@@ -1,11 +1,16 @@
 """Train the `mini` cross-encoder (cross.py) in-house: image-text matching with hard negatives.
 
     python -m xmodal.encoders.mini.train_cross [--steps N] [--seed S] [--out DIR] [--minutes M]
+    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE]
+
+`--design mentions` (the shipped design when its figures say so, docs/mini.md) trains mentions.py
+instead: the region encoder (stage 1, as below), then small heads on MiniLM's token states that
+read each word's object's attributes, and fits alpha the same way; everything below is `cross`.
 
 The ALBEF/BLIP recipe, small, on the synthetic corpus:
 
-0. Region features (`--regions attributes`; the default `tower` is the shipped design): stage 1 trains the region encoder
-   (regions.py) from scratch on per-cell shape, colour and size labels from the renderer's masks
+0. Region features (`--regions attributes`; the default `tower` is the shipped design): stage 1 trains
+   the region encoder (regions.py) from scratch on per-cell shape, colour and size labels from the renderer's masks
    (`train` split only; `--region-steps`), then freezes it; `--regions-from FILE` takes a trained
    one instead (a RegionEncoder state dict or a cross checkpoint). `--regions tower` (the shipped
    checkpoint's design): a copy of the shipped image tower's convolutions.
@@ -514,7 +519,10 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m xmodal.encoders.mini.train_cross", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--steps", type=int, default=d.steps)
+    parser.add_argument("--design", choices=("cross", "mentions"), default="cross",
+                        help="cross: the transformer matcher (cross.py); mentions: attribute late interaction "
+                        "(mentions.py, its own defaults: --steps 1500)")
+    parser.add_argument("--steps", type=int, default=None, help=f"default {d.steps} (cross)")
     parser.add_argument("--minutes", type=float, default=d.minutes, help="guard: stop the loop early past this")
     parser.add_argument("--batch", type=int, default=d.batch)
     parser.add_argument("--scenes", type=int, default=d.scenes, help="training scene twin pairs")
@@ -538,8 +546,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-cache", default=None, help="directory keeping MiniLM token states across runs")
     parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
     args = parser.parse_args(argv)
+    if args.design == "mentions":
+        from xmodal.encoders.mini import mentions
+
+        m = mentions.MentionsTrainConfig()
+        mentions.train(
+            mentions.MentionsTrainConfig(seed=args.seed, steps=args.steps or m.steps), args.out,
+            region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps), regions_from=args.regions_from,
+            threads=args.threads, val=(args.val_n, d.val_seed), evaluation=(args.eval_n, d.eval_seed),
+            rerank_k=d.rerank_k,
+        )  # fmt: skip
+        return 0
     cfg = CrossTrainConfig(
-        seed=args.seed, steps=args.steps, minutes=args.minutes, batch=args.batch, scenes=args.scenes,
+        seed=args.seed, steps=args.steps or d.steps, minutes=args.minutes, batch=args.batch, scenes=args.scenes,
         singles=args.singles, captions=args.captions, lr=args.lr, threads=args.threads, val_n=args.val_n,
         eval_n=args.eval_n, bf16=args.bf16, token_cache=args.token_cache, cnn_lr=args.cnn_lr,
         twin_weight=args.twin_weight, twin_image_share=args.twin_image_share,
