@@ -76,7 +76,7 @@ def test_bad_arguments_are_refused() -> None:
         [sys.executable, str(SCRIPT), "--items", "0"], capture_output=True, text=True, timeout=120, check=False
     )
     assert done.returncode == 2
-    assert "--items, --queries and --clip-images must be at least 1" in done.stderr
+    assert "--items, --queries, --clip-images and --images must be at least 1" in done.stderr
 
 
 def test_unknown_phases_are_refused() -> None:
