@@ -515,6 +515,7 @@ def run(
     plot_path: Path | None,
     phases: frozenset[str] = frozenset(PHASES),
     text_runtime: str = "torch",
+    ingest_slice: int | None = None,
 ) -> dict[str, Any]:
     report: dict[str, Any] = {
         "machine": {
@@ -524,6 +525,7 @@ def run(
         "sizes": sizes.__dict__,
         "phases": "".join(sorted(phases)),
         "text_runtime": text_runtime,
+        "ingest_encode_slice": ingest_slice or Settings.model_fields["ingest_encode_slice"].default,
     }
     measured: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -537,6 +539,7 @@ def run(
             metrics_port=0,
             optimize_after_points=0,  # this script starts the build itself, between phases
             text_runtime=text_runtime,
+            ingest_encode_slice=report["ingest_encode_slice"],
         )
         with Node(settings, Roles(ingest=True, query=True)) as node, SearchClient(settings, node.bootstrap) as client:
             producer = Producer(producer_config(settings, node.bootstrap))
@@ -663,17 +666,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--text-runtime", choices=("torch", "onnx"), default="torch",
         help="the mini text tower's runtime (XMODAL_TEXT_RUNTIME) for the whole run, baselines included",
     )
+    parser.add_argument(
+        "--ingest-slice", type=int, help="XMODAL_INGEST_ENCODE_SLICE for the run (default: the settings' default)"
+    )
     parser.add_argument("--quick", action="store_true", help="tiny sizes (300 items): checks the figures are made")
     parser.add_argument("--json", action="store_true", help="print the report as JSON on stdout (progress on stderr)")
     parser.add_argument("--plot", type=Path, help="write the latency distributions as a PNG here")
     args = parser.parse_args(argv)
+    if args.ingest_slice is not None and args.ingest_slice < 1:
+        parser.error("--ingest-slice must be at least 1")
     if args.items < 1 or args.queries < 1 or args.clip_images < 1 or args.images < 1:
         parser.error("--items, --queries, --clip-images and --images must be at least 1")
 
     def say(message: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}, load {load_average()}] {message}", file=sys.stderr, flush=True)
 
-    report = run(Sizes.of(args), say, args.plot, args.phases, args.text_runtime)
+    report = run(Sizes.of(args), say, args.plot, args.phases, args.text_runtime, args.ingest_slice)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
