@@ -3,14 +3,19 @@
 Trained in-house by `python -m xmodal.encoders.mini.train_cross` on the synthetic corpus (single
 objects and two-object binding scenes); not pretrained. See docs/mini.md, *Cross-encoder*.
 
-Architecture (ALBEF/BLIP image-text matching, small):
+The shipped checkpoint (weights/cross.*) is the "mentions" design (`--design mentions`; its model in
+mentions.py: per-word attribute heads matched against per-cell attributes, no learnt matcher);
+`load_cross` dispatches on the checkpoint's `design`. This module holds the loader, the
+`MiniCrossEncoder` reranker and the first design (`cross`, the previous checkpoint), below.
+
+The first design's architecture (ALBEF/BLIP image-text matching, small):
 
 - text: the frozen MiniLM's token states (the `mini` space's text tower, all-MiniLM-L6-v2, last
   layer, contextual: the state of "circle" in "a red circle and a blue square" knows its
   neighbours), projected to `width`;
-- image (`regions`): "attributes" (the shipped checkpoint): a small CNN trained from scratch with
+- image (`regions`): "attributes" (trained, never shipped): a small CNN trained from scratch with
   per-region shape, colour and size labels from the renderer's masks (regions.py), its 8x8 map's
-  hidden states and label probabilities; or "tower" (the first checkpoint): a copy of the shipped
+  hidden states and label probabilities; or "tower" (the first checkpoint): a copy of the
   image tower's convolutions, its middle and last stage's 8x8 maps side by side; either plus
   (`pixel_patches`) each region's own 8x8 pixels through a patch embedding -> an adapter with
   learnt position embeddings: 64 region features;

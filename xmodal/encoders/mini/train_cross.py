@@ -3,16 +3,16 @@
     python -m xmodal.encoders.mini.train_cross [--steps N] [--seed S] [--out DIR] [--minutes M]
     python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE]
 
-`--design mentions` (the shipped design when its figures say so, docs/mini.md) trains mentions.py
+`--design mentions` (the shipped design since 7d91d78, docs/mini.md) trains mentions.py
 instead: the region encoder (stage 1, as below), then small heads on MiniLM's token states that
 read each word's object's attributes, and fits alpha the same way; everything below is `cross`.
 
 The ALBEF/BLIP recipe, small, on the synthetic corpus:
 
-0. Region features (`--regions attributes`; the default `tower` is the shipped design): stage 1 trains
+0. Region features (`--regions attributes`; the default `tower` is the first checkpoint's): stage 1 trains
    the region encoder (regions.py) from scratch on per-cell shape, colour and size labels from the renderer's masks
    (`train` split only; `--region-steps`), then freezes it; `--regions-from FILE` takes a trained
-   one instead (a RegionEncoder state dict or a cross checkpoint). `--regions tower` (the shipped
+   one instead (a RegionEncoder state dict or a cross checkpoint). `--regions tower` (the first
    checkpoint's design): a copy of the shipped image tower's convolutions.
 1. Pool: `--scenes` training binding scenes with their swapped-binding twins, and `--singles`
    single-object training images (corpus.scene_pairs, corpus.image_items); each image also in its
