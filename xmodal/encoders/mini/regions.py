@@ -53,6 +53,7 @@ CELL = corpus.IMAGE_SIZE // GRID
 MIN_COVER = 0.25  # an object labels a cell when it covers at least this share of it
 # per-cell classes: 0 is background, then the vocabulary's order
 HEADS: dict[str, tuple[str, ...]] = {"shape": corpus.SHAPES, "colour": corpus.COLOURS, "size": corpus.SIZES}
+_SMALL = corpus.SIZES.index("small") + 1  # the size head's class id of "small"
 
 
 @dataclass(frozen=True)
@@ -171,6 +172,9 @@ class RegionTrainConfig:
     jpeg_share: float = 0.6
     # object cells are a minority: their loss weighs this much more than a background cell's
     object_weight: float = 2.0
+    # cells of small objects (a small square may cover one cell, whose shape is hardest to read)
+    # weigh this much more again; 1.0 (the first runs) weighs them like any object cell
+    small_weight: float = 1.0
     val: int = 400  # validation images ("seen" split), half single objects, half scenes
 
 
@@ -190,23 +194,31 @@ def cell_accuracy(model: RegionEncoder, data: RegionSet, use_views: bool = True)
     """Per-head accuracy on the cells an object covers, and the share of object cells with all three right."""
     model.eval()
     right = {name: 0 for name in HEADS}
-    all_right = total = 0
+    all_right = total = small_shape_right = small_all_right = small_total = 0
     for start in range(0, len(data.labels), 256):
         source = data.views if use_views else data.originals
         x = source[start : start + 256].float().div(255.0)
         y = data.labels[start : start + 256]
         _, logits = model(x)
         obj = y[:, 0] > 0
+        small = y[:, 2] == _SMALL
         ok = torch.ones_like(obj)
         for k, name in enumerate(HEADS):
             hit = logits[name].argmax(1) == y[:, k]
             right[name] += int((hit & obj).sum())
             ok &= hit
+            if name == "shape":
+                small_shape_right += int((hit & small).sum())
         all_right += int((ok & obj).sum())
+        small_all_right += int((ok & small).sum())
         total += int(obj.sum())
+        small_total += int(small.sum())
     out = {f"{name}_accuracy": round(right[name] / max(1, total), 4) for name in HEADS}
     out["all_three"] = round(all_right / max(1, total), 4)
     out["object_cells"] = total
+    out["small_shape_accuracy"] = round(small_shape_right / max(1, small_total), 4)
+    out["small_all_three"] = round(small_all_right / max(1, small_total), 4)
+    out["small_object_cells"] = small_total
     return out
 
 
@@ -244,6 +256,7 @@ def train_regions(
         x, y = _sample(data, ids, rng, cfg.jpeg_share)
         _, logits = model(x)
         weight = 1.0 + (cfg.object_weight - 1.0) * (y[:, 0] > 0).float()
+        weight = weight * torch.where(y[:, 2] == _SMALL, cfg.small_weight, 1.0)
         loss = sum(
             (F.cross_entropy(logits[name], y[:, k], reduction="none") * weight).mean() for k, name in enumerate(HEADS)
         )
