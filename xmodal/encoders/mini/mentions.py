@@ -566,6 +566,13 @@ def train(
     path = cross_path(out)
     save_cross(model, path, alpha, {"seed": str(cfg.seed), "steps": str(cfg.steps)})
     command = f"python -m xmodal.encoders.mini.train_cross --design mentions --seed {cfg.seed}"
+    default_regions = RegionTrainConfig(seed=cfg.seed)
+    if region_cfg.steps != default_regions.steps:
+        command += f" --region-steps {region_cfg.steps}"
+    if region_cfg.small_weight != default_regions.small_weight:
+        command += f" --region-small-weight {region_cfg.small_weight:g}"
+    if val != (60, 7):
+        command += f" --val-n {val[0]}"
     record = {
         "model": "mini-cross",
         "design": DESIGN,

@@ -1,7 +1,7 @@
 """Train the `mini` cross-encoder (cross.py) in-house: image-text matching with hard negatives.
 
     python -m xmodal.encoders.mini.train_cross [--steps N] [--seed S] [--out DIR] [--minutes M]
-    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE]
+    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE] [--region-small-weight W]
 
 `--design mentions` (the shipped design since 7d91d78, docs/mini.md) trains mentions.py
 instead: the region encoder (stage 1, as below), then small heads on MiniLM's token states that
@@ -539,6 +539,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--maxsim", type=int, default=d.model.maxsim, help="late-interaction width (0: none)")
     parser.add_argument("--region-steps", type=int, default=d.regions.steps, help="stage 1 steps")
     parser.add_argument("--regions-from", default=None, help="take the region encoder from this file (no stage 1)")
+    parser.add_argument("--region-small-weight", type=float, default=d.regions.small_weight,
+                        help="stage 1: loss weight of small objects' cells (over other object cells')")
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--val-n", type=int, default=d.val_n)
     parser.add_argument("--eval-n", type=int, default=d.eval_n)
@@ -552,8 +554,8 @@ def main(argv: list[str] | None = None) -> int:
         m = mentions.MentionsTrainConfig()
         mentions.train(
             mentions.MentionsTrainConfig(seed=args.seed, steps=args.steps or m.steps), args.out,
-            region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps), regions_from=args.regions_from,
-            threads=args.threads, val=(args.val_n, d.val_seed), evaluation=(args.eval_n, d.eval_seed),
+            region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps, small_weight=args.region_small_weight),
+            regions_from=args.regions_from, threads=args.threads, val=(args.val_n, d.val_seed), evaluation=(args.eval_n, d.eval_seed),
             rerank_k=d.rerank_k,
         )  # fmt: skip
         return 0
