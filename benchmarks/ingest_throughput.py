@@ -74,6 +74,7 @@ def compare_in_hand(count: int, levels: list[int], rounds: int, broker: str, roo
         {}, kafka_bootstrap=broker, topic_prefix=f"bench-in-hand-{time.time_ns()}", data_dir=root / "in-hand", metrics_port=0
     )
     rates: dict[int, list[float]] = {level: [] for level in levels}
+    default_in_hand = ingest_app.BATCHES_IN_HAND
     with Node(settings, Roles(ingest=True, query=False)) as node:
         assert node.index is not None
         warm = image_events("warm", 128)
@@ -93,7 +94,7 @@ def compare_in_hand(count: int, levels: list[int], rounds: int, broker: str, roo
                 time.sleep(0.05)
             rates[level].append(len(events) / (time.perf_counter() - start))
             print(f"round {n}: {level} in hand: {rates[level][-1]:7.1f} images/s (load {os.getloadavg()[0]:.1f})", flush=True)
-    ingest_app.BATCHES_IN_HAND = 2
+    ingest_app.BATCHES_IN_HAND = default_in_hand
     for level, values in rates.items():
         print(f"{level} in hand: mean {sum(values) / len(values):7.1f} images/s over {len(values)} rounds", flush=True)
 

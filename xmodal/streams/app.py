@@ -6,11 +6,13 @@ letters, then ack. Acks are manual (`noack_take`) and happen only after the inde
 the writes and the DLQ acknowledged the dead letters, so a crash mid-batch replays the batch
 instead of losing it; deterministic point ids make the replay harmless.
 
-Two batches are in hand at once: while one is written, the agent takes the next, names it to the
-pipeline (`prefetch`: its first part decodes while the last part of this one encodes) and queues
-it behind it in the one-worker executor, so the tower does not wait for the loop, the acks, the
-take or a first decode between batches. Each batch's dead letters and acks run in a task of their
-own, after those of the batch before it (in order; none after a failed one).
+Up to `BATCHES_IN_HAND` batches are in hand at once. With two, while one is written the agent
+takes the next, names it to the pipeline (`prefetch`: its first part decodes while the last part
+of this one encodes) and queues it behind it in the one-worker executor, so the tower does not wait
+for the loop, the acks, the take or a first decode between batches. Each batch's dead letters and
+acks run in a task of their own, after those of the batch before it (in order; none after a failed
+one). The default is one: two gained images/s only when a core was free, and cost freshness (an
+event waits behind a batch taken early; docs/performance.md, "Two batches in hand").
 
 Two faust behaviours would break that promise, and are closed here:
 - `noack_take` restores the stream's `enable_acks` when the agent leaves it, after which faust acks
@@ -25,7 +27,7 @@ Two faust behaviours would break that promise, and are closed here:
 
 Memory is bounded in bytes: the consumer prefetches at most `XMODAL_FETCH_MAX_BYTES` per assigned
 partition, the stream buffer holds at most two batches of events between the fetcher and the
-agent (see `buffer_limits`), and the agent holds two (`BATCHES_IN_HAND`).
+agent (see `buffer_limits`), and the agent holds `BATCHES_IN_HAND` (one).
 """
 
 from __future__ import annotations
@@ -48,7 +50,9 @@ __all__ = ["IngestApp", "buffer_limits", "create_app", "faust_credentials", "to_
 
 log = logging.getLogger(__name__)
 
-BATCHES_IN_HAND = 2  # one being written, the next queued behind it (its first part decoding)
+# 2: one being written, the next queued behind it (its first part decoding); 1 (the default): the
+# next batch is taken when this one is done, so it holds every event that arrived meanwhile
+BATCHES_IN_HAND = 1
 
 
 def faust_credentials(settings: Settings) -> dict[str, Any]:
