@@ -5,18 +5,12 @@ and micro-batch size, plus the index lag (Kafka timestamp -> upsert ack) percent
 
     python benchmarks/ingest_throughput.py                     # 2000 texts, 1000 images, 300 sounds
     python benchmarks/ingest_throughput.py --batch-sizes 16,64,256 --texts 5000
-    python benchmarks/ingest_throughput.py --in-hand 1,2 --rounds 6 --images 3000   # A/B in one Node
-
-`--in-hand 1,2`: images only, one Node, rounds alternating the batches the agent holds at once
-(1: each batch written and acked before the next is handed to the pipeline, as before; 2: the default, the next
-one taken, its first part decoded and queued while one is written), so both see the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import base64
-import os
 import tempfile
 import time
 from pathlib import Path
@@ -27,7 +21,6 @@ from xmodal.config import load_settings
 from xmodal.encoders.mini.corpus import image_items, image_png, sound_items, waveform_wav
 from xmodal.metrics import INDEX_LAG
 from xmodal.runtime import Node, Roles
-from xmodal.streams import app as ingest_app
 from xmodal.streams.broker import EmbeddedBroker
 from xmodal.streams.producer import DeliveryReport, produce_events
 
@@ -68,60 +61,13 @@ def run(kind: str, events: list[tuple[str, bytes]], batch_size: int, broker: str
     )
 
 
-def compare_in_hand(count: int, levels: list[int], rounds: int, broker: str, root: Path) -> None:
-    """Images/s per round, alternating `levels` of BATCHES_IN_HAND (read by the agent per batch)."""
-    settings = load_settings(
-        {}, kafka_bootstrap=broker, topic_prefix=f"bench-in-hand-{time.time_ns()}", data_dir=root / "in-hand", metrics_port=0
-    )
-    rates: dict[int, list[float]] = {level: [] for level in levels}
-    default_in_hand = ingest_app.BATCHES_IN_HAND
-    with Node(settings, Roles(ingest=True, query=False)) as node:
-        assert node.index is not None
-        warm = image_events("warm", 128)
-        produce_events(settings, node.bootstrap, warm, DeliveryReport())
-        while node.index.count("mini") < len(warm):
-            time.sleep(0.05)
-        for n in range(rounds):
-            level = levels[n % len(levels)]
-            ingest_app.BATCHES_IN_HAND = level
-            events = image_events(f"round{n}", count)
-            before = node.index.count("mini")
-            start = time.perf_counter()
-            produce_events(settings, node.bootstrap, events, DeliveryReport())
-            while node.index.count("mini") < before + len(events):
-                if node.failure is not None:
-                    raise SystemExit(f"ingest failed: {node.failure}")
-                time.sleep(0.05)
-            rates[level].append(len(events) / (time.perf_counter() - start))
-            print(f"round {n}: {level} in hand: {rates[level][-1]:7.1f} images/s (load {os.getloadavg()[0]:.1f})", flush=True)
-    ingest_app.BATCHES_IN_HAND = default_in_hand
-    for level, values in rates.items():
-        print(f"{level} in hand: mean {sum(values) / len(values):7.1f} images/s over {len(values)} rounds", flush=True)
-
-
-def image_events(prefix: str, count: int) -> list[tuple[str, bytes]]:
-    return [
-        (f"{prefix}/{it.id}", orjson.dumps({"id": f"{prefix}/{it.id}", "modality": "image", "data": base64.b64encode(image_png(it.media)).decode()}))
-        for it in image_items(count, "seen")
-    ]
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--texts", type=int, default=2000)
     parser.add_argument("--images", type=int, default=1000)
     parser.add_argument("--sounds", type=int, default=300)
     parser.add_argument("--batch-sizes", default="64")
-    parser.add_argument("--in-hand", help="e.g. 1,2: alternate the agent's batches in hand over --rounds (images only)")
-    parser.add_argument("--rounds", type=int, default=6, help="rounds of --in-hand")
     args = parser.parse_args()
-    if args.in_hand:
-        levels = [int(level) for level in args.in_hand.split(",")]
-        if any(level < 1 for level in levels) or args.rounds < 1 or args.images < 1:
-            parser.error("--in-hand levels, --rounds and --images must be at least 1")
-        with tempfile.TemporaryDirectory() as tmp, EmbeddedBroker(Path(tmp) / "broker") as broker:
-            compare_in_hand(args.images, levels, args.rounds, broker.bootstrap, Path(tmp))
-        return
 
     texts = [
         (f"t{i}", orjson.dumps({"id": f"t{i}", "modality": "text", "text": f"caption number {i}: a small red thing"}))

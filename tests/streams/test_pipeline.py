@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -229,94 +228,3 @@ def test_a_batch_written_in_overlapped_parts_ends_as_one_pass_would(mini: MiniSp
 def test_part_size_must_be_positive(mini: MiniSpace, index: EdgeIndex) -> None:
     with pytest.raises(ValueError, match="part_size must be at least 1"):
         IngestPipeline({"mini": mini}, index, MediaLimits.from_settings(load_settings({})), part_size=0)
-
-
-def _mixed_records(count: int) -> list[SourceRecord]:
-    """Updates, deletes and bad records of 7 items, in the pattern of the test above."""
-    records = []
-    for n in range(count):
-        item = f"i{n % 7}"
-        if n % 9 == 4:
-            records.append(record(n, item, None))
-        elif n % 11 == 5:
-            records.append(record(n, item, {"id": item, "modality": "text"}))
-        else:
-            records.append(record(n, item, text(item, f"item {item}", metadata={"n": n})))
-    return records
-
-
-def test_batches_named_ahead_end_as_one_pass_would(mini: MiniSpace, tmp_path: Path) -> None:
-    """As the agent calls it: each batch named (prefetch) before the one ahead of it is processed,
-    with one batch named and then never processed (a stop); the index ends as one pass leaves it."""
-    from xmodal.thumbnails import ThumbnailSpec
-
-    records = _mixed_records(40)
-    limits = MediaLimits.from_settings(load_settings({}))
-    one_pass = EdgeIndex(tmp_path / "one-pass")
-    single = IngestPipeline({"mini": mini}, one_pass, limits, part_size=1000, thumbnails=ThumbnailSpec())
-    single.start()
-    expected_dead = sorted((d.record.offset, d.code) for d in single.process(records).dead)
-    ahead_index = EdgeIndex(tmp_path / "ahead")
-    pipeline = IngestPipeline({"mini": mini}, ahead_index, limits, part_size=3, thumbnails=ThumbnailSpec())
-    pipeline.start()
-    batches = [records[start : start + 7] for start in range(0, 40, 7)]
-    dead = []
-    pipeline.prefetch(batches[0])
-    pipeline.prefetch([record(99, "never", text("never", "named and dropped"))])  # never processed
-    for n, batch in enumerate(batches):
-        if n + 1 < len(batches):
-            pipeline.prefetch(batches[n + 1])
-        dead.extend((d.record.offset, d.code) for d in pipeline.process(batch).dead)
-    ids = [f"i{k}" for k in range(7)] + ["never"]
-    assert sorted(dead) == expected_dead and expected_dead
-    assert _state(ahead_index, mini, ids) == _state(one_pass, mini, ids)
-    assert "never" not in _state(ahead_index, mini, ids)
-    one_pass.close()
-    ahead_index.close()
-
-
-def _decoded_so_far() -> float:
-    from prometheus_client import REGISTRY
-
-    return REGISTRY.get_sample_value("xmodal_stage_seconds_count", {"stage": "decode"}) or 0.0
-
-
-class WaitsForDecodes(RefusesPoison):
-    """The real text tower; its `at_call`-th call first waits (up to `wait_s`) until `target` more
-    records than at the start have been decoded, and notes whether they were."""
-
-    def __init__(self, inner: MiniSpace, at_call: int, target: int, wait_s: float) -> None:
-        super().__init__(inner)
-        self.at_call, self.target, self.wait_s, self.start = at_call, target, wait_s, _decoded_so_far()
-        self.reached: bool | None = None
-
-    def encode_texts(self, texts: Sequence[str]) -> Vectors:
-        self.calls.append(len(texts))
-        if len(self.calls) == self.at_call:
-            deadline = time.monotonic() + self.wait_s
-            while _decoded_so_far() - self.start < self.target and time.monotonic() < deadline:
-                time.sleep(0.005)
-            self.reached = _decoded_so_far() - self.start >= self.target
-        return self.inner.encode_texts(texts)
-
-
-@pytest.mark.parametrize("named", [True, False])
-def test_the_next_batch_decodes_its_first_part_while_the_last_part_encodes(
-    mini: MiniSpace, index: EdgeIndex, named: bool
-) -> None:
-    """Two batches of 8 in parts of 4: while the tower encodes the first batch's last part, the
-    second batch's first part is decoded already if it was named (prefetch), and not otherwise."""
-    first = [record(i, f"a{i}", text(f"a{i}", f"first batch {i}")) for i in range(8)]
-    second = [record(8 + i, f"b{i}", text(f"b{i}", f"second batch {i}")) for i in range(8)]
-    # Named: the decode comes at once (10 s is for a loaded machine); not named, it cannot come.
-    space = WaitsForDecodes(mini, at_call=2, target=8 + 4, wait_s=10 if named else 2)
-    pipeline = IngestPipeline({"mini": space}, index, MediaLimits.from_settings(load_settings({})), part_size=4)
-    pipeline.start()
-    if named:
-        pipeline.prefetch(first)
-        pipeline.prefetch(second)
-    else:
-        space.target = 8 + 1  # not even one record of the second batch
-    assert pipeline.process(first).indexed == 8
-    assert space.reached is named
-    assert pipeline.process(second).indexed == 8 and index.count("mini") == 16

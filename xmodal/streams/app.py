@@ -6,14 +6,6 @@ letters, then ack. Acks are manual (`noack_take`) and happen only after the inde
 the writes and the DLQ acknowledged the dead letters, so a crash mid-batch replays the batch
 instead of losing it; deterministic point ids make the replay harmless.
 
-Up to `BATCHES_IN_HAND` batches are in hand at once. With two, while one is written the agent
-takes the next, names it to the pipeline (`prefetch`: its first part decodes while the last part
-of this one encodes) and queues it behind it in the one-worker executor, so the tower does not wait
-for the loop, the acks, the take or a first decode between batches. Each batch's dead letters and
-acks run in a task of their own, after those of the batch before it (in order; none after a failed
-one). The default is one: two gained images/s only when a core was free, and cost freshness (an
-event waits behind a batch taken early; docs/performance.md, "Two batches in hand").
-
 Two faust behaviours would break that promise, and are closed here:
 - `noack_take` restores the stream's `enable_acks` when the agent leaves it, after which faust acks
   every event it reads itself, processed or not. The agent turns acks off before it starts, so
@@ -26,8 +18,8 @@ Two faust behaviours would break that promise, and are closed here:
   batch that was written.
 
 Memory is bounded in bytes: the consumer prefetches at most `XMODAL_FETCH_MAX_BYTES` per assigned
-partition, the stream buffer holds at most two batches of events between the fetcher and the
-agent (see `buffer_limits`), and the agent holds `BATCHES_IN_HAND` (one).
+partition, and the stream buffer holds at most two batches of events between the fetcher and the
+agent (see `buffer_limits`).
 """
 
 from __future__ import annotations
@@ -44,15 +36,11 @@ from faust.transport.drivers import aiokafka as faust_aiokafka
 
 from xmodal.config import Settings
 from xmodal.errors import ConfigError, XmodalError
-from xmodal.streams.pipeline import BatchResult, IngestPipeline, SourceRecord
+from xmodal.streams.pipeline import IngestPipeline, SourceRecord
 
 __all__ = ["IngestApp", "buffer_limits", "create_app", "faust_credentials", "to_source_record"]
 
 log = logging.getLogger(__name__)
-
-# 2: one being written, the next queued behind it (its first part decoding); 1 (the default): the
-# next batch is taken when this one is done, so it holds every event that arrived meanwhile
-BATCHES_IN_HAND = 1
 
 
 def faust_credentials(settings: Settings) -> dict[str, Any]:
@@ -229,11 +217,17 @@ class IngestApp(faust.App):
         self.failure: BaseException | None = None  # why ingest stopped on its own, else None
         self.draining = False
         self.fetch_wait_ms = 1500  # faust's own; create_app sets XMODAL_INGEST_FETCH_WAIT_MS
-        # The tasks of the batches in hand (processing, dead letters, acks), at most BATCHES_IN_HAND.
-        self.batches_in_hand: set[asyncio.Task[None]] = set()
+        self._batch_lock: asyncio.Lock | None = None  # made on the app's loop, on first use
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
+
+    @property
+    def batch_lock(self) -> asyncio.Lock:
+        """Held by the agent while a batch is in hand (processing, dead letters, acks)."""
+        if self._batch_lock is None:
+            self._batch_lock = asyncio.Lock()
+        return self._batch_lock
 
     def fail(self, reason: BaseException) -> None:
         """Stop ingesting for good: nothing more is committed; the host process sees `failure`."""
@@ -241,20 +235,19 @@ class IngestApp(faust.App):
         self.failure = reason
 
     async def drain(self, timeout_s: float) -> bool:
-        """Let the batch being written finish (written and acked, so its offsets commit at stop) and
-        take no further batch (one queued behind it and not started is left unacked). False when
-        the batches in hand did not finish in time (they are replayed)."""
-        self.draining = True  # first: a batch not started from now on is left for the next owner
+        """Let the batch in hand finish (written and acked, so its offsets commit at stop) and
+        take no further batch. False when the batch did not finish in time (it is replayed)."""
+        self.draining = True  # first: a batch taken from now on is left unacked for the next owner
         consumer = cast(_FencedConsumer, self.consumer)
         try:
-            if self.batches_in_hand:
-                _, pending = await asyncio.wait(set(self.batches_in_hand), timeout=timeout_s)
-                if pending:
-                    consumer.fenced = True  # a batch may still be acked half-way: commit none of it
-                    return False
-            return True
+            await asyncio.wait_for(self.batch_lock.acquire(), timeout_s)
+        except asyncio.TimeoutError:
+            consumer.fenced = True  # the batch may still be acked half-way: commit none of it
+            return False
         finally:
             consumer.drained = True
+        self.batch_lock.release()
+        return True
 
 
 def buffer_limits(settings: Settings) -> dict[str, Any]:
@@ -280,9 +273,8 @@ def create_app(
 ) -> IngestApp:
     """A Faust app with the ingest agent bound to `pipeline` (already started by the caller).
 
-    `executor` runs `pipeline.process`; give it one worker: batches are written in the order they
-    were taken (the next one queues behind the one being written), and the towers use every core
-    themselves.
+    `executor` runs `pipeline.process`; give it one worker: the towers use every core themselves
+    and two batches at once would thrash.
     """
     _leave_group_at_generation_zero()
     app = IngestApp(
@@ -314,76 +306,39 @@ def create_app(
         ]
         await asyncio.gather(*pending)  # delivered before the source events are acked
 
-    def process_unless_stopping(records: list[SourceRecord]) -> BatchResult | None:
-        # In the executor: a batch queued behind one that failed, or taken before a drain began
-        # and not started, is not written (None: left unacked, replayed by the partition's next owner).
-        if app.draining or app.failure is not None:
-            return None
-        return pipeline.process(records)
-
-    async def write(
-        stream: faust.StreamT[Any],
-        events: Sequence[Any],
-        written: asyncio.Future[BatchResult | None],
-        before: asyncio.Task[None] | None,
-    ) -> None:
-        """One batch in hand: wait for its writes, then (after the batch before it) its dead letters
-        and acks."""
-        try:
-            result, error = await written, None
-        except Exception as e:  # noqa: BLE001 - reported below, once the batch before is done
-            result, error = None, e
-        if before is not None:
-            await asyncio.wait({before})  # failures, dead letters and acks in batch order
-        if app.failure is not None:
-            return  # the batch before failed: this one is replayed with it, and said nothing more
-        try:
-            if error is not None:
-                raise error
-            if result is None:
-                return  # not written (stopping): left unacked
-            if result.dead:
-                await dead_letter(result.dead)
-                for d in result.dead:
-                    log.warning(
-                        "dead-lettered %s[%d]@%d: %s: %s",
-                        d.record.topic, d.record.partition, d.record.offset, d.code, d.message,
-                    )
-        except Exception as e:  # noqa: BLE001 - any failure here stops ingest unacked
-            # Index or DLQ unavailable after retries: fence the consumer so nothing more
-            # commits, and let the host stop this process (it leaves the group) so a
-            # restart, or another worker, replays the batch.
-            app.fail(e)
-            log.error(
-                "ingest stopped: a batch of %d events could not be written (%s: %s); "
-                "its offsets are not committed and it will be replayed",
-                len(events), type(e).__name__, e,
-                exc_info=not isinstance(e, XmodalError),  # a traceback only for a bug
-            )
-            return
-        for event in events:
-            await stream.ack(event)
-
     @app.agent(media, name="ingest")
     async def ingest(stream: faust.StreamT[Any]) -> None:
         loop = asyncio.get_running_loop()
         # noack_take restores this value when the agent leaves it: False, so faust never acks
         # events on its own (the module docstring says why).
         stream.enable_acks = False
-        in_hand = app.batches_in_hand
-        last: asyncio.Task[None] | None = None
         async for events in stream.noack_take(settings.batch_size, within=window_s):
-            while len(in_hand) >= BATCHES_IN_HAND and app.failure is None:
-                await asyncio.wait(set(in_hand), return_when=asyncio.FIRST_COMPLETED)
-            if app.failure is not None:
-                return  # a batch failed and stopped ingest: nothing more is taken
-            if app.draining:
-                continue  # stopping: left unacked, replayed by the next owner of the partition
-            records = [to_source_record(e) for e in events]
-            pipeline.prefetch(records)  # its first part decodes while the batch before it encodes
-            written = loop.run_in_executor(executor, process_unless_stopping, records)
-            last = loop.create_task(write(stream, events, written, last))
-            in_hand.add(last)
-            last.add_done_callback(in_hand.discard)
+            async with app.batch_lock:
+                if app.draining or app.failure is not None:
+                    continue  # stopping: left unacked, replayed by the next owner of the partition
+                try:
+                    records = [to_source_record(e) for e in events]
+                    result = await loop.run_in_executor(executor, pipeline.process, records)
+                    if result.dead:
+                        await dead_letter(result.dead)
+                        for d in result.dead:
+                            log.warning(
+                                "dead-lettered %s[%d]@%d: %s: %s",
+                                d.record.topic, d.record.partition, d.record.offset, d.code, d.message,
+                            )
+                except Exception as e:  # noqa: BLE001 - any failure here stops ingest unacked
+                    # Index or DLQ unavailable after retries: fence the consumer so nothing more
+                    # commits, and let the host stop this process (it leaves the group) so a
+                    # restart, or another worker, replays the batch.
+                    app.fail(e)
+                    log.error(
+                        "ingest stopped: a batch of %d events could not be written (%s: %s); "
+                        "its offsets are not committed and it will be replayed",
+                        len(events), type(e).__name__, e,
+                        exc_info=not isinstance(e, XmodalError),  # a traceback only for a bug
+                    )
+                    return
+                for event in events:
+                    await stream.ack(event)
 
     return app

@@ -129,9 +129,6 @@ class HandoffPipeline:
         self._inner.start()
         self._guard.start()
 
-    def prefetch(self, records: Sequence[SourceRecord]) -> None:
-        self._inner.prefetch(records)  # decoding only: a replay still writes before these records
-
     def process(self, records: Sequence[SourceRecord]) -> BatchResult:
         for space in self._spaces:
             self._follow(space)

@@ -15,13 +15,9 @@ Parts: a batch is encoded and written in parts of at most `part_size` records, i
 gives the same final state as one pass; the next part is decoded (media and thumbnails, in a
 thread of its own) while the tower encodes this one, so decoding costs no time of its own when the
 tower is the bound (about 0.5-1 ms a 64x64 image, against about 1-2 ms to encode it on 2 cores).
-Across batches too: `prefetch(records)` names the batch that `process` gets next (the agent takes
-it while this one is written), and its first part is decoded while this batch's last part is
-encoded, so the tower does not wait for a batch's first decode either.
 
 Memory: decoded media (pixels, samples) held at once stays within `max_decoded_bytes` (plus one
-item per part): a part decoded ahead (of this batch or of the next) closes once its media reach
-half of it, since two parts are held at once: the one being written and the one decoded ahead.
+item per part): a part closes once its media reach half of it, since two parts are held at once.
 """
 
 from __future__ import annotations
@@ -29,7 +25,6 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -54,7 +49,6 @@ T = TypeVar("T")
 ERROR_HEADER_PREFIX = "xmodal.error."
 DEFAULT_MAX_DECODED_BYTES = 256 * 1024 * 1024
 DEFAULT_PART_SIZE = 32  # half a default batch: the second half decodes while the first encodes
-_AHEAD_KEPT = 2  # batches named by prefetch and kept: the agent has at most two in hand
 # Per-header and per-record framing in Kafka's record format, rounded up: a size estimate that
 # errs on the safe side of the broker's limit.
 _HEADER_OVERHEAD = 16
@@ -169,14 +163,6 @@ class _Part:
     carry: _Item | None = None
 
 
-@dataclass
-class _Ahead:
-    """A batch named by `prefetch`, and its first part's decode once started."""
-
-    records: Sequence[SourceRecord]
-    first: Future[_Part] | None = None
-
-
 def _decoded_bytes(content: Any) -> int:
     """Memory the decoded content holds: pixels of an image, samples of a clip, bytes of a text."""
     if content is None:
@@ -265,11 +251,6 @@ class IngestPipeline:
         self._part_size = part_size
         self._decoder: ThreadPoolExecutor | None = None  # made on first use: decodes the next part
         self._decoder_lock = threading.Lock()
-        # The next batch (prefetch) and its first part's decode, once started; `_decoding`: a
-        # process() call may still submit decodes of its own, so the next batch's waits for it.
-        self._ahead_lock = threading.Lock()
-        self._ahead: deque[_Ahead] = deque()
-        self._decoding = False
         self._spaces = dict(spaces)
         self._models: dict[str, str] = {}  # space -> fingerprint, read at start() (it may hash weight files)
         self._index_settings = index_settings
@@ -296,14 +277,11 @@ class IngestPipeline:
         Raises only when the index fails as a whole (VectorIndexError): then nothing may be acked.
         """
         result = BatchResult()
-        try:
-            for part, dead in self._parts(records):
-                result.dead.extend(dead)
-                if part:
-                    self._write(part, result)
-                    part.clear()  # its media go now, not when the next part is decoded
-        finally:
-            self._release_decoder()  # a batch of one part, or a failed one: the next may decode now
+        for part, dead in self._parts(records):
+            result.dead.extend(dead)
+            if part:
+                self._write(part, result)
+                part.clear()  # its media go now, not when the next part is decoded
         EVENTS.labels("indexed").inc(result.indexed)
         EVENTS.labels("deleted").inc(result.deleted)
         EVENTS.labels("dead_lettered").inc(len(result.dead))
@@ -311,70 +289,26 @@ class IngestPipeline:
             DEAD_LETTERS.labels(dead.code).inc()
         return result
 
-    def prefetch(self, records: Sequence[SourceRecord]) -> None:
-        """Name a batch that a later `process` call gets (the very same sequence object), so that
-        its first part decodes in the decoder thread while the batch in hand is still written: at
-        once when no batch is decoding, else once the one in hand has decoded its last part. Only
-        the first batch named is decoded ahead. Thread-safe; a named batch that is never processed
-        (the agent stopping) is forgotten once newer ones are named."""
-        with self._ahead_lock:
-            self._ahead.append(_Ahead(records))
-            while len(self._ahead) > _AHEAD_KEPT:
-                self._ahead.popleft()
-            if not self._decoding:
-                self._start_ahead()
-
-    def _start_ahead(self) -> None:
-        # Called with _ahead_lock held. Half the budget: it is held beside the part being written.
-        if self._ahead and self._ahead[0].first is None and self._ahead[0].records:
-            head = self._ahead[0]
-            head.first = self._decoder_thread().submit(
-                self._decode_part, head.records, 0, self._max_decoded_bytes // 2, None
-            )
-
-    def _claim_ahead(self, records: Sequence[SourceRecord]) -> Future[_Part] | None:
-        """The first part of `records` if prefetch() started decoding it. From now on this call
-        decodes, and the next named batch waits for `_release_decoder`."""
-        with self._ahead_lock:
-            self._decoding = True
-            named = [n for n, ahead in enumerate(self._ahead) if ahead.records is records]
-            if not named:
-                return None  # not named (a direct call): what is named stays for its own call
-            for _ in range(named[0] + 1):  # named before it and never processed: forgotten
-                claimed = self._ahead.popleft()
-            return claimed.first
-
-    def _release_decoder(self) -> None:
-        with self._ahead_lock:
-            self._decoding = False
-            self._start_ahead()
-
     def _parts(self, records: Sequence[SourceRecord]) -> Iterator[tuple[list[_Item], list[DeadLetter]]]:
         """The batch's parts in order, each with the dead letters of its decoding; the next part is
-        decoded in the decoder thread while the caller writes this one (and after the last part
-        has been decoded, the first part of the batch named by `prefetch`)."""
-        first = self._claim_ahead(records)
+        decoded in the decoder thread while the caller writes this one."""
+        overlap = len(records) > self._part_size
+        budget = self._max_decoded_bytes // 2 if overlap else self._max_decoded_bytes  # two held at once
         decode = self._decode_part
-        if first is None and len(records) <= self._part_size:
-            # One part, unless its media pass the budget (then the whole budget is its own: it is
-            # written before anything else decodes): nothing to overlap.
-            budget = self._max_decoded_bytes
+        if not overlap:  # one part, unless its media pass the budget: nothing to overlap
             step = decode(records, 0, budget, None)
             while True:
                 yield step.part, step.dead
                 if step.end >= len(records) and step.carry is None:
                     return
                 step = decode(records, step.end, budget, step.carry)
-        budget = self._max_decoded_bytes // 2  # two held at once
         decoder = self._decoder_thread()
-        ahead = first if first is not None else decoder.submit(decode, records, 0, budget, None)
+        ahead: Future[_Part] = decoder.submit(decode, records, 0, budget, None)
         while True:
             step = ahead.result()
             more = step.end < len(records) or step.carry is not None
             if more:
                 ahead = decoder.submit(decode, records, step.end, budget, step.carry)
-            else:
-                self._release_decoder()  # the next batch's first part decodes while this one is written
             yield step.part, step.dead
             if not more:
                 return
