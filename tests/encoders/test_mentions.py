@@ -155,7 +155,7 @@ def test_checkpoints_without_a_design_load_as_the_first_design(tmp_path) -> None
 
 @pytest.mark.skipif(
     not cross_path().is_file() or checkpoint_design(cross_path()) != "mentions",
-    reason="the shipped mini cross-encoder is not of the mentions design (docs/mini.md: trained, not shipped)",
+    reason="the installed mini cross-encoder is not of the mentions design (the shipped one is: docs/mini.md)",
 )
 def test_shipped_matcher_tells_held_out_scenes_from_their_twins() -> None:
     """40 held-out scenes (swap classes never trained on), seed 3: the scene's own caption above its
