@@ -21,7 +21,9 @@ from xmodal.encoders.mini.regions import (
     RegionTrainConfig,
     cell_accuracy,
     cell_labels,
+    held_back_pairs,
     region_set,
+    silhouette,
     train_regions,
 )
 
@@ -163,6 +165,87 @@ def test_small_objects_cells_are_measured_apart_and_their_loss_weight_is_applied
     images = data.views[:4].float().div(255.0)
     with torch.no_grad():
         assert not torch.allclose(plain(images)[0], weighted(images)[0])
+
+
+def test_held_back_pairs_stay_out_of_training_and_are_measured_apart() -> None:
+    """The stage-1 check of unseen (shape, colour) pairs: training pictures never hold one, its
+    validation pictures hold only them, and they are training pairs (the held-out split is not used)."""
+    held = held_back_pairs(8)
+    assert 6 <= len(held) <= 8
+    assert len({s for s, _ in held}) == len(held) == len({c for _, c in held})
+    assert not held & corpus.heldout_pairs("image")
+    data = region_set(30, 30, "train", seed=5, pairs=lambda p: p not in held)
+    for shape_ids, colour_ids in zip(data.labels[:, 0], data.labels[:, 1], strict=True):
+        cells = shape_ids > 0
+        pairs = {(corpus.SHAPES[s - 1], corpus.COLOURS[c - 1]) for s, c in zip(shape_ids[cells], colour_ids[cells], strict=True)}
+        assert pairs and not pairs & held
+    # without a filter the draws are the ones they always were (the shipped stage 1's data)
+    assert torch.equal(region_set(5, 5, "train", seed=5).labels, region_set(5, 5, "train", seed=5, pairs=lambda p: True).labels)
+    cfg = RegionTrainConfig(steps=2, batch=8, singles=12, scenes=12, val=8, warmup=1, hold_back=8, gray_share=0.5)
+    _, metrics = train_regions(cfg, log=lambda s: None)
+    assert metrics["held_back_pairs"] == sorted(held)
+    unseen = metrics["validation_cells_held_back_pairs"]
+    assert unseen["object_cells"] > 0 and 0.0 <= unseen["shape_accuracy"] <= 1.0
+
+
+def test_grayscale_share_trains_shape_and_size_but_not_colour_on_gray_pictures() -> None:
+    """With every picture in grayscale the colour head gets no gradient (its loss is off: a gray
+    picture says nothing about colour), while the other heads learn: AdamW's weight decay is the
+    only thing that moves the colour head."""
+    base = RegionTrainConfig(steps=3, batch=8, singles=12, scenes=12, val=8, warmup=1, weight_decay=0.0)
+    torch.manual_seed(0)
+    start = RegionEncoder().state_dict()
+    gray, _ = train_regions(RegionTrainConfig(**{**base.__dict__, "gray_share": 1.0}), log=lambda s: None)
+    colour, _ = train_regions(base, log=lambda s: None)
+    for name in ("weight", "bias"):
+        key = f"heads.colour.{name}"
+        torch.testing.assert_close(gray.state_dict()[key], start[key])
+        assert not torch.allclose(colour.state_dict()[key], start[key])
+        assert not torch.allclose(gray.state_dict()[f"heads.shape.{name}"], start[f"heads.shape.{name}"])
+
+
+def test_the_silhouette_marks_objects_whatever_their_colour() -> None:
+    """On every background, inside an object the silhouette is 1 and on the background 0; and the
+    same picture with its colour channels swapped (the object another colour, the achromatic
+    background unchanged) has nearly the same silhouette: what the form body reads carries no
+    colour, so no colour can stand in for a shape."""
+    rng = np.random.default_rng(6)
+    seen = set()
+    for _ in range(24):
+        attrs = corpus.sample_attributes("image", "train", rng)
+        image, masks = corpus.render_image_with_masks(attrs, np.random.default_rng(int(rng.integers(2**63))))
+        x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255.0)
+        inside, outside = torch.from_numpy(masks.sum(0) > 0.99), torch.from_numpy(masks.sum(0) == 0.0)
+        s = silhouette(x)[0, 0]
+        assert s.shape == (64, 64) and float(s.min()) >= 0.0 and float(s.max()) <= 1.0
+        assert float(s[inside].min()) == 1.0 and float(s[outside].max()) == 0.0
+        swapped = silhouette(x[:, [2, 0, 1]])[0, 0]
+        assert float((swapped - s).abs().mean()) < 0.01
+        seen.add(attrs["background"])
+    assert seen == set(corpus.BACKGROUNDS)
+
+
+def test_with_form_input_shape_and_size_read_only_the_silhouette() -> None:
+    """Two pictures with one silhouette get the same shape and size logits (whatever their colours),
+    and their colour logits differ; a checkpoint's config round-trips the option."""
+    torch.manual_seed(0)
+    encoder = RegionEncoder(RegionConfig(form_input=True)).eval()
+    assert RegionConfig.from_dict(RegionConfig(form_input=True).to_dict()).form_input
+    assert not RegionConfig.from_dict({"widths": [24, 48, 96], "extra": 2}).form_input  # the first encoders
+    attrs = corpus.sample_attributes("image", "train", np.random.default_rng(2))
+    image = corpus.render_image(attrs, np.random.default_rng(3))
+    x = torch.from_numpy(np.array(image)).permute(2, 0, 1)[None].float().div(255.0)
+    other = x.clone()
+    other[:, :, silhouette(x)[0, 0] == 1.0] = torch.tensor([0.1, 0.2, 0.9]).view(1, 3, 1)  # recoloured, same form
+    torch.testing.assert_close(silhouette(other), silhouette(x))
+    with torch.no_grad():
+        hidden, a = encoder(x)
+        _, b = encoder(other)
+    assert hidden.shape == (1, 2 * RegionConfig().widths[-1], 8, 8)
+    assert RegionConfig(form_input=True).feature_dim == encoder.features(x).shape[-1]
+    torch.testing.assert_close(a["shape"], b["shape"])
+    torch.testing.assert_close(a["size"], b["size"])
+    assert not torch.allclose(a["colour"], b["colour"])
 
 
 def test_both_stages_of_the_trainer_run_end_to_end_at_a_tiny_size(tmp_path) -> None:

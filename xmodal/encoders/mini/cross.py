@@ -51,7 +51,7 @@ from torch.nn import functional as F
 
 from xmodal.encoders.base import Modality
 from xmodal.encoders.mini.mentions import DESIGN as MENTIONS
-from xmodal.encoders.mini.mentions import MentionsConfig, MentionsModel
+from xmodal.encoders.mini.mentions import MentionsConfig, MentionsModel, pair_rows
 from xmodal.encoders.mini.regions import RegionConfig, RegionEncoder
 from xmodal.encoders.mini.text import minilm_dir
 from xmodal.encoders.mini.towers import _conv, image_batch
@@ -264,17 +264,7 @@ class CrossModel(nn.Module):
         t = self.text_proj(states)
         kvs = [block.cross_attn.keys_values(regions) for block in self.blocks]
         keys = self.maxsim_key(regions) if self.config.maxsim else None
-        n = max(len(t), len(regions)) if text_index is None else len(text_index)
-        if text_index is not None:
-            t, mask, raw = t[text_index], mask[text_index], raw[text_index]
-        elif len(t) == 1 and n > 1:
-            t, mask, raw = t.expand(n, -1, -1), mask.expand(n, -1), raw.expand(n, -1, -1)
-        if image_index is not None:
-            kvs = [kv[image_index] for kv in kvs]
-            keys = keys[image_index] if keys is not None else None
-        elif len(regions) == 1 and n > 1:
-            kvs = [kv.expand(n, -1, -1, -1, -1) for kv in kvs]
-            keys = keys.expand(n, -1, -1) if keys is not None else None
+        (t, mask, raw), (keys, *kvs) = pair_rows([t, mask, raw], [keys, *kvs], text_index, image_index)
         pad = ~mask
         for block, kv in zip(self.blocks, kvs, strict=True):
             t = block(t, pad, kv)
@@ -377,6 +367,27 @@ def save_cross(
     }
     save_file(state, str(path), metadata={**metadata, **(extra or {})})
     os.chmod(path, 0o644)
+
+
+def write_checkpoint(
+    model: CrossModel | MentionsModel,
+    out: str | Path,
+    alpha: float,
+    extra: dict[str, str],
+    record: dict[str, Any],
+    log: Any = print,
+) -> dict[str, Any]:
+    """A training run's output: `save_cross` into `out` (created) and the run's `record`, with the
+    checkpoint's size added, beside it as cross.json; returns the record."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = cross_path(out)
+    save_cross(model, path, alpha, extra)
+    record["checkpoint_bytes"] = path.stat().st_size
+    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
+    log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.with_suffix('.json')} "
+        f"in {record['seconds']['total']:.0f}s")  # fmt: skip
+    return record
 
 
 def checkpoint_design(path: str | Path) -> str:

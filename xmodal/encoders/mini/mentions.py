@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -231,6 +231,30 @@ def token_labels(caption: corpus.Caption, offsets: Sequence[tuple[int, int]]) ->
 # --- the model ----------------------------------------------------------------------------------
 
 
+def pair_rows(
+    texts: Sequence[torch.Tensor | None],
+    images: Sequence[torch.Tensor | None],
+    text_index: torch.Tensor | None = None,
+    image_index: torch.Tensor | None = None,
+) -> tuple[list[torch.Tensor | None], list[torch.Tensor | None]]:
+    """The rows of scored pairs (text text_index[p], image image_index[p]) from per-text and
+    per-image tensors (a None stays None); without indices pair i is (text i, image i), and a
+    single text or a single image is shared by every pair (expanded, not copied). Both models'
+    `match` take their pairs this way."""
+    n_texts = len(next(t for t in texts if t is not None))
+    n_images = len(next(t for t in images if t is not None))
+    n = max(n_texts, n_images) if text_index is None else len(text_index)
+
+    def rows(tensors: Sequence[torch.Tensor | None], index: torch.Tensor | None, count: int) -> list[torch.Tensor | None]:
+        if index is not None:
+            return [None if t is None else t[index] for t in tensors]
+        if count == 1 and n > 1:
+            return [None if t is None else t.expand(n, *t.shape[1:]) for t in tensors]
+        return list(tensors)
+
+    return rows(texts, text_index, n_texts), rows(images, image_index, n_images)
+
+
 class MentionsModel(nn.Module):
     """(token states (n, L, 384), mask (n, L), images (n, 3, 64, 64) in [0, 1]) -> scores (n,).
 
@@ -332,15 +356,7 @@ class MentionsModel(nn.Module):
         """Scores of pairs (text text_index[p], regions image_index[p]); without indices, pair i is
         (text i, image i), and a single text or a single image is shared by every pair."""
         weight, probs = self.mentions(states, mask)
-        n = max(len(weight), len(regions)) if text_index is None else len(text_index)
-        if text_index is not None:
-            weight, probs = weight[text_index], [p[text_index] for p in probs]
-        elif len(weight) == 1 and n > 1:
-            weight, probs = weight.expand(n, -1), [p.expand(n, -1, -1) for p in probs]
-        if image_index is not None:
-            regions = regions[image_index]
-        elif len(regions) == 1 and n > 1:
-            regions = regions.expand(n, -1, -1)
+        (weight, *probs), (regions,) = pair_rows([weight, *probs], [regions], text_index, image_index)
         return self.score(weight, probs, regions)
 
     def forward(self, states: torch.Tensor, mask: torch.Tensor, images: torch.Tensor) -> torch.Tensor:
@@ -512,7 +528,7 @@ def train(
     import time
     from pathlib import Path
 
-    from xmodal.encoders.mini.cross import MiniCrossEncoder, MiniLMTokens, cross_path, save_cross
+    from xmodal.encoders.mini.cross import MiniCrossEncoder, MiniLMTokens, write_checkpoint
     from xmodal.encoders.mini.evaluate_cross import (
         evaluate,
         fit_alpha,
@@ -528,8 +544,10 @@ def train(
     t_start = time.monotonic()
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(threads)
-    model = MentionsModel(cfg.model)
     region_cfg = region_cfg or RegionTrainConfig(seed=cfg.seed)
+    if region_cfg.form_input != cfg.model.region.form_input:  # the model holds the encoder stage 1 trains
+        cfg = replace(cfg, model=replace(cfg.model, region=replace(cfg.model.region, form_input=region_cfg.form_input)))
+    model = MentionsModel(cfg.model)
     if regions_from:
         model.features.load_state_dict(torch.load(regions_from))
         region_metrics: dict[str, Any] = {"from": str(regions_from)}
@@ -561,16 +579,18 @@ def train(
     figures = evaluate(space, cross, *evaluation, rerank_k, log=lambda s: None)
     log(format_evaluation(figures))
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    path = cross_path(out)
-    save_cross(model, path, alpha, {"seed": str(cfg.seed), "steps": str(cfg.steps)})
     command = f"python -m xmodal.encoders.mini.train_cross --design mentions --seed {cfg.seed}"
     default_regions = RegionTrainConfig(seed=cfg.seed)
+    if cfg.steps != MentionsTrainConfig().steps:
+        command += f" --steps {cfg.steps}"
     if region_cfg.steps != default_regions.steps:
         command += f" --region-steps {region_cfg.steps}"
     if region_cfg.small_weight != default_regions.small_weight:
         command += f" --region-small-weight {region_cfg.small_weight:g}"
+    if region_cfg.form_input:
+        command += " --region-form-input"
+    if region_cfg.gray_share != default_regions.gray_share:
+        command += f" --region-gray-share {region_cfg.gray_share:g}"
     if val != (60, 7):
         command += f" --val-n {val[0]}"
     record = {
@@ -586,14 +606,10 @@ def train(
         "repeat_with": command,
         "alpha": alpha,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint_bytes": path.stat().st_size,
         "seconds": {"total": round(time.monotonic() - t_start, 1)},
         "machine": machine(),
         "metrics": {"validation": {"gallery": f"rerank_gallery({val[0]}, {val[1]}, 'seen')",
                                    "groups": val_figures, "alpha_sweep": sweep},
                     "evaluation": figures},  # fmt: skip
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote {path} ({path.stat().st_size / 1e6:.2f} MB) and {path.with_suffix('.json')} "
-        f"in {record['seconds']['total']:.0f}s")  # fmt: skip
-    return record
+    return write_checkpoint(model, out, alpha, {"seed": str(cfg.seed), "steps": str(cfg.steps)}, record, log)

@@ -1,7 +1,7 @@
 """Train the `mini` cross-encoder (cross.py) in-house: image-text matching with hard negatives.
 
     python -m xmodal.encoders.mini.train_cross [--steps N] [--seed S] [--out DIR] [--minutes M]
-    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE] [--region-small-weight W]
+    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE] [--region-small-weight W] [--region-form-input] [--region-gray-share G]
 
 `--design mentions` (the shipped design since 7d91d78, docs/mini.md) trains mentions.py
 instead: the region encoder (stage 1, as below), then small heads on MiniLM's token states that
@@ -49,7 +49,6 @@ guard that stops the loop early (with a warning, recorded) on a machine much slo
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import time
 from dataclasses import asdict, dataclass, field
@@ -66,9 +65,8 @@ from xmodal.encoders.mini.cross import (
     CrossModel,
     MiniCrossEncoder,
     MiniLMTokens,
-    cross_path,
     pad_states,
-    save_cross,
+    write_checkpoint,
 )
 from xmodal.encoders.mini.evaluate_cross import (
     evaluate,
@@ -463,9 +461,6 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
     evaluation = evaluate(space, cross, cfg.eval_n, cfg.eval_seed, cfg.rerank_k, log=lambda s: None)
     log(format_evaluation(evaluation))
 
-    out.mkdir(parents=True, exist_ok=True)
-    path = cross_path(out)
-    save_cross(model, path, alpha, {"seed": str(cfg.seed), "steps": str(steps_done)})
     record = {
         "model": "mini-cross",
         "trained": "in-house by xmodal (python -m xmodal.encoders.mini.train_cross), not pretrained",
@@ -477,7 +472,6 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
         "repeat_with": _repeat_with(cfg),
         "alpha": alpha,
         "parameters": sum(p.numel() for p in model.parameters()),
-        "checkpoint_bytes": path.stat().st_size,
         "data": {
             "scene_images": int(pool.is_scene.sum()),
             "single_images": int((~pool.is_scene).sum()),
@@ -496,10 +490,7 @@ def train(cfg: CrossTrainConfig, out: Path, log=print) -> dict[str, Any]:
                                    "groups": val_figures, "alpha_sweep": sweep},
                     "evaluation": evaluation},  # fmt: skip
     }
-    path.with_suffix(".json").write_text(json.dumps(record, indent=2) + "\n")
-    log(f"wrote {path} ({path.stat().st_size / 1e6:.1f} MB) and {path.with_suffix('.json')} "
-        f"in {record['seconds']['total']:.0f}s")  # fmt: skip
-    return record
+    return write_checkpoint(model, out, alpha, {"seed": str(cfg.seed), "steps": str(steps_done)}, record, log)
 
 
 def _repeat_with(cfg: CrossTrainConfig) -> str:
@@ -541,6 +532,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--regions-from", default=None, help="take the region encoder from this file (no stage 1)")
     parser.add_argument("--region-small-weight", type=float, default=d.regions.small_weight,
                         help="stage 1: loss weight of small objects' cells (over other object cells')")
+    parser.add_argument("--region-form-input", action="store_true",
+                        help="stage 1: shape and size read a colour-free silhouette (regions.RegionConfig.form_input)")
+    parser.add_argument("--region-gray-share", type=float, default=d.regions.gray_share,
+                        help="stage 1: share of each batch shown in grayscale, its colour loss off")
     parser.add_argument("--threads", type=int, default=d.threads)
     parser.add_argument("--val-n", type=int, default=d.val_n)
     parser.add_argument("--eval-n", type=int, default=d.eval_n)
@@ -554,7 +549,8 @@ def main(argv: list[str] | None = None) -> int:
         m = mentions.MentionsTrainConfig()
         mentions.train(
             mentions.MentionsTrainConfig(seed=args.seed, steps=args.steps or m.steps), args.out,
-            region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps, small_weight=args.region_small_weight),
+            region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps, small_weight=args.region_small_weight,
+                                         gray_share=args.region_gray_share, form_input=args.region_form_input),
             regions_from=args.regions_from, threads=args.threads, val=(args.val_n, d.val_seed), evaluation=(args.eval_n, d.eval_seed),
             rerank_k=d.rerank_k,
         )  # fmt: skip
