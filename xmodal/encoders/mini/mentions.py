@@ -9,7 +9,9 @@ of attributes that were each seen:
 
 - image: the region encoder (regions.py, trained with per-cell shape, colour and size labels from
   the renderer's masks) gives each of the 8x8 cells a distribution over shape (background + 8),
-  colour (background + 8) and size (background + 3);
+  colour (background + 8) and size (background + 3); in the shipped one shape and size are read
+  from the picture's colour-free silhouette (`RegionConfig.form_input`), so an unseen colour-shape
+  pair is read like a seen one;
 - text: small heads on the frozen MiniLM's contextual token states predict, per word piece, (a)
   whether it is part of an object word (a shape noun, "shape"/"object"/"thing", a colour or a size
   word) and (b) the shape, colour and size *of the object that word belongs to*, each with an
