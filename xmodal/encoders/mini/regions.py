@@ -249,8 +249,9 @@ class RegionTrainConfig:
 
 
 def held_back_pairs(k: int) -> frozenset[tuple[str, str]]:
-    """`k` training (shape, colour) pairs for `hold_back`, a fixed draw (one shape and one colour
-    at most once each for k <= 8, like corpus's own held-out pattern)."""
+    """Up to `k` training (shape, colour) pairs for `hold_back`, a fixed draw: one per shape of the
+    first `k`, each colour at most once (like corpus's own held-out pattern), a shape left out
+    when every colour not yet taken makes a held-out pair with it (k = 8 gives 7)."""
     held = corpus.heldout_pairs("image")
     order = np.random.default_rng(20261201).permutation(len(corpus.COLOURS))
     picked: list[tuple[str, str]] = []
@@ -397,6 +398,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0.0 <= args.gray_share <= 1.0:
         parser.error("--gray-share must be between 0 and 1")
+    if not 0 <= args.hold_back <= len(corpus.SHAPES):
+        parser.error(f"--hold-back must be between 0 and {len(corpus.SHAPES)} (one pair per shape)")
     torch.set_num_threads(args.threads)
     cfg = RegionTrainConfig(
         seed=args.seed, steps=args.steps, small_weight=args.small_weight, gray_share=args.gray_share,
