@@ -181,13 +181,14 @@ def test_the_mentions_trainer_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
     from xmodal.encoders.mini.regions import RegionTrainConfig
 
     cfg = mentions.MentionsTrainConfig(
-        steps=2, batch=4, singles=4, scenes=4, captions=1, val=6, model=MentionsConfig(hidden=32, context_layers=1)
+        steps=2, batch=4, singles=4, scenes=4, captions=1, val=6,
+        model=MentionsConfig(hidden=32, context_layers=1, mirror=False),
     )
     regions = RegionTrainConfig(steps=2, batch=4, singles=6, scenes=6, val=4, warmup=1, gray_share=0.5)
     record = mentions.train(cfg, tmp_path, region_cfg=regions, val=(3, 7), evaluation=(3, 0), rerank_k=5, log=lambda s: None)
     assert record["design"] == "mentions" and record["regions"]["steps"] == 2
     assert record["repeat_with"].endswith(
-        "--design mentions --seed 0 --steps 2 --region-steps 2 --region-gray-share 0.5 --val-n 3"
+        "--design mentions --seed 0 --steps 2 --region-steps 2 --region-gray-share 0.5 --no-mirror --val-n 3"
     )
     saved = json.loads((tmp_path / "cross.json").read_text())
     assert saved["checkpoint_bytes"] == (tmp_path / "cross.safetensors").stat().st_size
@@ -195,5 +196,7 @@ def test_the_mentions_trainer_runs_end_to_end_at_a_tiny_size(tmp_path) -> None:
     encoder = MiniCrossEncoder(weights_dir=tmp_path)
     encoder.load()
     assert encoder.alpha == record["alpha"] and checkpoint_design(tmp_path / "cross.safetensors") == "mentions"
+    loaded, _ = load_cross(tmp_path / "cross.safetensors")
+    assert isinstance(loaded, MentionsModel) and not loaded.config.mirror
     scene = corpus.scene_items(1, "train", 0)[0]
     assert np.isfinite(encoder.score("text", scene.caption, "image", [scene.media, scene.media])).all()

@@ -28,7 +28,7 @@ of attributes that were each seen:
   image term: over the colours the image shows (each weighted by its presence ** 4: stray faint
   readings do not count), how well the caption's best object word covers it: "a red circle" is
   not a full description of a red circle beside a blue square.
-  Cells are read as drawn and mirrored (averaged) and sharpened (power 3, renormalised).
+  Cells are read as drawn (and mirrored, averaged, with `mirror`) and sharpened (power 3, renormalised).
 
 The reranker's adjustment is `alpha * score` (alpha fitted on a validation gallery of training
 swap classes, evaluate_cross.fit_alpha), like cross.py's `alpha * logit`.
@@ -593,6 +593,8 @@ def train(
         command += " --region-form-input"
     if region_cfg.gray_share != default_regions.gray_share:
         command += f" --region-gray-share {region_cfg.gray_share:g}"
+    if not cfg.model.mirror:
+        command += " --no-mirror"
     if val != (60, 7):
         command += f" --val-n {val[0]}"
     record = {

@@ -1,7 +1,7 @@
 """Train the `mini` cross-encoder (cross.py) in-house: image-text matching with hard negatives.
 
     python -m xmodal.encoders.mini.train_cross [--steps N] [--seed S] [--out DIR] [--minutes M]
-    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE] [--region-small-weight W] [--region-form-input] [--region-gray-share G]
+    python -m xmodal.encoders.mini.train_cross --design mentions [--seed S] [--steps N] [--regions-from FILE] [--region-small-weight W] [--region-form-input] [--region-gray-share G] [--no-mirror]
 
 `--design mentions` (the shipped design since 7d91d78, docs/mini.md) trains mentions.py
 instead: the region encoder (stage 1, as below), then small heads on MiniLM's token states that
@@ -51,7 +51,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -534,6 +534,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="stage 1: loss weight of small objects' cells (over other object cells')")
     parser.add_argument("--region-form-input", action="store_true",
                         help="stage 1: shape and size read a colour-free silhouette (regions.RegionConfig.form_input)")
+    parser.add_argument("--no-mirror", action="store_true",
+                        help="mentions: read each candidate once, not also mirrored (half the region encoder's cost)")
     parser.add_argument("--region-gray-share", type=float, default=d.regions.gray_share,
                         help="stage 1: share of each batch shown in grayscale, its colour loss off")
     parser.add_argument("--threads", type=int, default=d.threads)
@@ -548,7 +550,8 @@ def main(argv: list[str] | None = None) -> int:
 
         m = mentions.MentionsTrainConfig()
         mentions.train(
-            mentions.MentionsTrainConfig(seed=args.seed, steps=args.steps or m.steps), args.out,
+            mentions.MentionsTrainConfig(seed=args.seed, steps=args.steps or m.steps,
+                                         model=replace(m.model, mirror=not args.no_mirror)), args.out,
             region_cfg=RegionTrainConfig(seed=args.seed, steps=args.region_steps, small_weight=args.region_small_weight,
                                          gray_share=args.region_gray_share, form_input=args.region_form_input),
             regions_from=args.regions_from, threads=args.threads, val=(args.val_n, d.val_seed), evaluation=(args.eval_n, d.eval_seed),
