@@ -51,9 +51,9 @@ def serving(node: Node) -> int:
 
 
 class Traffic:
-    """Searches at about 20/s through the real query path, and ingest (upserts, updates, deletes)."""
+    """Searches (about 20/s unless told) through the real query path, and ingest (upserts, updates, deletes)."""
 
-    def __init__(self, node: Node, broker: str, start_id: int) -> None:
+    def __init__(self, node: Node, broker: str, start_id: int, searches_per_s: float = 20.0) -> None:
         from xmodal.query_api.client import SearchClient
 
         self.node, self.broker = node, broker
@@ -62,6 +62,7 @@ class Traffic:
         self.failures: list[str] = []
         self.sent = 0
         self._next_id = start_id
+        self._search_interval_s = 1.0 / searches_per_s
         self._stop = threading.Event()
         self._threads = [threading.Thread(target=self._search, daemon=True), threading.Thread(target=self._ingest, daemon=True)]
 
@@ -79,7 +80,7 @@ class Traffic:
             except XmodalError as e:
                 self.failures.append(f"{e.code}: {e.message}")
             self.searches += 1
-            self._stop.wait(max(0.05 - (time.monotonic() - began), 0))
+            self._stop.wait(max(self._search_interval_s - (time.monotonic() - began), 0))
 
     def _ingest(self) -> None:
         p = producer(self.broker)
