@@ -42,6 +42,8 @@ __all__ = ["IngestApp", "buffer_limits", "create_app", "faust_credentials", "to_
 
 log = logging.getLogger(__name__)
 
+IDLE_CHECK_S = 1.0  # how often the app looks for a reindex handoff no batch came to
+
 
 def faust_credentials(settings: Settings) -> dict[str, Any]:
     """Map the librdkafka SASL/TLS pass-through (XMODAL_KAFKA_*) onto Faust's (aiokafka) settings,
@@ -305,6 +307,30 @@ def create_app(
             for key, value, headers in (d.kafka_record(settings.dlq_max_record_bytes) for d in result_dead)
         ]
         await asyncio.gather(*pending)  # delivered before the source events are acked
+
+    complete_idle = getattr(pipeline, "complete_idle", None)  # a HandoffPipeline's (xmodal/streams/handoff.py)
+    idle_replays: set[asyncio.Task[None]] = set()
+
+    async def replay_idle(owned: list[int]) -> None:
+        async with app.batch_lock:  # one writer per partition: never beside a batch
+            if app.draining or app.failure is not None:
+                return
+            try:
+                await asyncio.get_running_loop().run_in_executor(executor, complete_idle, owned)
+            except Exception as e:  # noqa: BLE001 - the handoff stays open: the next batch or tick retries
+                log.warning("could not complete a reindex handoff yet (%s: %s); retrying", type(e).__name__, e)
+
+    @app.timer(IDLE_CHECK_S)
+    async def complete_idle_handoffs() -> None:
+        """A reindex's switch on a log that then stands still: no batch comes to replay the events
+        the reindex left for the live workers, so the owner replays them between batches."""
+        if complete_idle is None or idle_replays or app.draining or app.failure is not None:
+            return
+        owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.media_topic)
+        if owned:  # a task, not awaited here: a replay may outlast the timer's interval
+            task = asyncio.ensure_future(replay_idle(owned))
+            idle_replays.add(task)
+            task.add_done_callback(idle_replays.discard)
 
     @app.agent(media, name="ingest")
     async def ingest(stream: faust.StreamT[Any]) -> None:

@@ -22,6 +22,12 @@ wrote, in order (harmless: same events, same points). A worker that gets a parti
 switch (a rebalance, a restart) replays it on first sight in the same way, for `HANDOFF_WINDOW_S`
 after the switch; past that, the owner of every partition has long replayed it.
 
+A partition no batch comes to (the log stands still after the switch, which a reindex that stops a
+few events short of a growing log makes likely) is completed between batches instead: the ingest
+app asks every second (`complete_idle`), and an open handoff no batch came to for
+`HANDOFF_IDLE_S` is replayed from S_p to the end of the log by the partition's owner. Any of those
+events that a batch brings later is re-applied in order, which ends at the same points.
+
 Replayed events that fail go nowhere: they were dead-lettered when the live worker first read them.
 """
 
@@ -37,12 +43,13 @@ from xmodal.errors import VectorIndexError
 from xmodal.indexer.provenance import ModelGuard, ModelMismatch
 from xmodal.streams.pipeline import BatchResult, IngestPipeline, SourceRecord
 
-__all__ = ["HANDOFF_KEY", "HANDOFF_WINDOW_S", "HandoffPipeline", "generation_now", "read_handoff"]
+__all__ = ["HANDOFF_IDLE_S", "HANDOFF_KEY", "HANDOFF_WINDOW_S", "HandoffPipeline", "generation_now", "read_handoff"]
 
 log = logging.getLogger(__name__)
 
 HANDOFF_KEY = "handoff"  # in a generation's manifest: {"topic", "offsets": {partition: S_p}, "switched_at"}
 HANDOFF_WINDOW_S = 3600.0
+HANDOFF_IDLE_S = 2.0  # an open handoff no batch came to for this long is completed by `complete_idle`
 
 Replayer = Callable[[int, int, int], Iterable[SourceRecord]]  # (partition, start, end) -> records
 
@@ -103,6 +110,7 @@ class HandoffPipeline:
         *,
         space_pipeline: Callable[[str], IngestPipeline],
         media_topic: str,
+        log_ends: Callable[[], Mapping[int, int]],
         window_s: float = HANDOFF_WINDOW_S,
     ) -> None:
         self._inner = inner
@@ -112,7 +120,9 @@ class HandoffPipeline:
         self._replayer = replayer
         self._space_pipeline = space_pipeline
         self._media_topic = media_topic
+        self._log_ends = log_ends
         self._window_s = window_s
+        self._opened: dict[str, float] = {}  # space -> when this worker saw its open handoff (monotonic)
         self._held: dict[str, int | None] = {}  # space -> generation the last batch was written to
         self._open_handoffs: dict[str, dict[int, int]] = {}  # space -> {partition: S_p} not replayed yet
         self.replayed = 0  # events replayed into new generations (for tests and logs)
@@ -140,6 +150,32 @@ class HandoffPipeline:
             self._replay(space, records)
         return self._inner.process(records)
 
+    def complete_idle(self, partitions: Iterable[int], *, idle_s: float = HANDOFF_IDLE_S) -> int:
+        """Complete the open handoffs of `partitions` (this worker's) that no batch came to for
+        `idle_s`: after a switch the log may stand still, and then no batch would ever replay them.
+        Replays [S_p, the end of the log) into the new generation, in order. A batch that brings
+        some of those events later re-applies them in order, ending at the same points. Call it
+        between batches, never during one. Returns the events replayed."""
+        owned = set(partitions)
+        replayed = 0
+        for space in self._spaces:
+            self._follow(space)
+            pending = self._open_handoffs.get(space) or {}
+            todo = sorted(p for p in pending if p in owned)
+            if not todo or time.monotonic() - self._opened.get(space, 0.0) < idle_s:
+                continue
+            try:
+                self._guard.check(space)
+            except ModelMismatch:
+                continue  # not ours to write: the next batch stops ingest (process)
+            ends = self._log_ends()
+            for partition in todo:
+                start, end = pending[partition], ends.get(partition, 0)
+                if end > start:
+                    replayed += self._replay_range(space, partition, start, end)
+                del pending[partition]  # only once written: a failure leaves it for the next call
+        return replayed
+
     def _follow(self, space: str) -> None:
         number = generation_now(self._index, space)
         if number is None or self._held.get(space, -1) == number:
@@ -156,6 +192,7 @@ class HandoffPipeline:
             return  # long handed over: its partitions' owners replayed them then
         offsets = {int(p): int(o) for p, o in (handoff.get("offsets") or {}).items()}
         self._open_handoffs[space] = offsets
+        self._opened[space] = time.monotonic()
         log.info("space %r: writing into generation %d handed over by a reindex; replaying what it did not write", space, number)
 
     def _replay(self, space: str, records: Sequence[SourceRecord]) -> None:
@@ -170,13 +207,17 @@ class HandoffPipeline:
             start = pending.pop(partition, None)
             if start is None or first <= start:
                 continue
-            replay = list(self._replayer(partition, start, first))
-            result = self._space_pipeline(space).process(replay)
-            self.replayed += len(replay)
-            log.info(
-                "space %r: replayed %d events of partition %d (%d..%d) into the new generation (%d dead, already dead-lettered)",
-                space, len(replay), partition, start, first - 1, len(result.dead),
-            )
+            self._replay_range(space, partition, start, first)
+
+    def _replay_range(self, space: str, partition: int, start: int, end: int) -> int:
+        replay = list(self._replayer(partition, start, end))
+        result = self._space_pipeline(space).process(replay)
+        self.replayed += len(replay)
+        log.info(
+            "space %r: replayed %d events of partition %d (%d..%d) into the new generation (%d dead, already dead-lettered)",
+            space, len(replay), partition, start, end - 1, len(result.dead),
+        )
+        return len(replay)
 
 
 def kafka_replayer(settings: Settings, bootstrap: str) -> Replayer:
@@ -214,6 +255,7 @@ def wrap(
     """The live pipeline of a Node, handoff-aware (one call in xmodal/runtime.py)."""
     from xmodal.encoders.fingerprint import fingerprint_of
     from xmodal.encoders.media import MediaLimits
+    from xmodal.streams.logread import end_offsets
 
     fingerprints = {name: fingerprint_of(encoder) for name, encoder in spaces.items()}
     limits = MediaLimits.from_settings(settings)
@@ -232,4 +274,5 @@ def wrap(
         kafka_replayer(settings, bootstrap),
         space_pipeline=space_pipeline,
         media_topic=settings.media_topic,
+        log_ends=lambda: end_offsets(settings, bootstrap, settings.media_topic),
     )
