@@ -125,6 +125,13 @@ class Settings(BaseSettings):
     optimize_after_points: int = Field(
         20_000, ge=0, description="xmodal up builds HNSW in the background once a space has this many unindexed points; 0: never"
     )
+    reindex_switch_lag: int = Field(
+        256,
+        ge=0,
+        le=1_000_000,
+        description="a reindex stops chasing a growing log and switches once at most this many events are left "
+        "(the live workers' handoff replays them); 0: only when the log stands still (docs/operations.md)",
+    )
 
     # Query service
     query_concurrency: int = Field(

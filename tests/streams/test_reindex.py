@@ -149,6 +149,64 @@ def test_reindex_of_a_live_space_switches_with_no_failed_search_and_verifies_cle
     assert before in [g.number for g in live.index.generations("mini")]  # type: ignore[union-attr]
 
 
+def test_a_reindex_slower_than_the_log_grows_per_pass_still_switches_and_loses_nothing(live: Node, broker: str) -> None:
+    """Live ingest never lets the log stand still. On a busy machine each write of the reindex takes
+    longer than the gap between two new events, so "the end of the log, unchanged" never comes: the
+    reindex must switch once few events are left, and the handoff must replay those."""
+    from xmodal.encoders.mini.space import MiniSpace
+
+    seed(live, broker, 200)
+    before = serving(live)
+    slow = MiniSpace(live.settings)
+    encode_texts = slow.encode_texts
+
+    def slow_encode(texts: list[str]) -> Any:  # the same model on a machine busy elsewhere
+        time.sleep(0.5)
+        return encode_texts(texts)
+
+    slow.encode_texts = slow_encode  # type: ignore[method-assign]
+    outcome: dict[str, Any] = {}
+
+    def reindex() -> None:
+        try:
+            outcome["result"] = Reindexer(live.settings, broker, "mini", encoder=slow).run()
+        except BaseException as e:  # noqa: BLE001 - reported by the assertion below
+            outcome["error"] = e
+
+    stop = threading.Event()
+
+    def produce() -> None:  # about 20 events/s: 10 or so arrive during every write of the reindex
+        p, i = producer(broker), 0
+        while not stop.is_set():
+            p.produce(live.settings.media_topic, key=f"steady-{i}", value=text_event(f"steady-{i}", f"a steady event {i}"))
+            p.poll(0)
+            i += 1
+            stop.wait(0.05)
+        assert p.flush(30) == 0
+
+    producing = threading.Thread(target=produce, daemon=True)
+    producing.start()
+    try:
+        worker = threading.Thread(target=reindex, daemon=True)
+        worker.start()
+        worker.join(240)
+        assert not worker.is_alive(), "the reindex chased the growing log for 240 s without switching"
+    finally:
+        stop.set()
+        producing.join(60)
+    assert "error" not in outcome, outcome.get("error")
+    result = outcome["result"]
+    assert result.generation == serving(live) != before
+    assert result.events >= 200
+    wait_until(lambda: group_caught_up(live.settings, broker), 120, "the live group to catch up")
+    wait_until(lambda: _writes_to(live) == result.generation, 30, "the live index to follow the switch")
+    # No batch comes after the switch: the live workers replay the handoff between batches.
+    wait_until(lambda: verify_space(live.settings, broker, "mini").clean, 60, "the handoff to be replayed")
+    report = verify_space(live.settings, broker, "mini")
+    assert report.pending == 0 and report.generation == result.generation, report.to_dict()
+    assert report.ok == report.log_ids  # the events past the handoff too: the live workers replayed them
+
+
 def _writes_to(node: Node) -> int:
     return int(node.index.index_report("mini")["generation"])  # type: ignore[union-attr]
 

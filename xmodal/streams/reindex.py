@@ -5,9 +5,10 @@
 2. The media topic is replayed from its start with a consumer group of its own,
    `<prefix>.reindex.<space>.g<generation>`, through the same pipeline as live ingest (this
    process's encoder: new model, weights or index settings), offsets committed after each write.
-3. When every partition is caught up (position = end of the log), a large generation gets its HNSW
-   graph (`optimize`, in this process, which is not the serving one), the topic is caught up again,
-   and writing stops.
+3. When every partition is caught up (position = end of the log, or at most `reindex_switch_lag`
+   events short of a log that grows under live ingest), a large generation gets its HNSW graph
+   (`optimize`, in this process, which is not the serving one), the topic is caught up again, and
+   writing stops.
 4. The handoff offsets S_p (the first event not written, per partition) and the live group's
    committed offsets are recorded in the generation's manifest; it is marked ready and the durable
    pointer moves to it (one atomic rename). Queries and live writes follow within about a second;
@@ -302,7 +303,9 @@ class Reindexer:
         return PipelineSetup.from_settings(self._settings, index_settings).pipeline({self._space: encoder}, index)
 
     def _catch_up(self, reader: GroupReader, pipeline: Any, result: ReindexResult) -> None:
-        """Write what the group has not written yet, until every partition is at the end of the log."""
+        """Write up to the end of the log, then stop once at most `reindex_switch_lag` events are left
+        against a fresh end. Under steady live ingest the log never stands still, and a slow pass sees
+        new events every time; what is left, the live workers' handoff replays (handoff.py)."""
         settings = self._settings
         ends = end_offsets(settings, self._bootstrap, settings.media_topic)
         while True:
@@ -311,10 +314,18 @@ class Reindexer:
                 reader.write(records, pipeline, result)
             positions = reader.positions()
             self._progress(sum(min(positions.get(p, 0), e) for p, e in ends.items()), sum(ends.values()))
-            if len(records) < settings.batch_size and all(positions.get(p, 0) >= e for p, e in ends.items()):
-                ends = end_offsets(settings, self._bootstrap, settings.media_topic)  # the log grew meanwhile?
-                if all(positions.get(p, 0) >= e for p, e in ends.items()):
+            if left_to_write(positions, ends) == 0:  # the end seen last is reached: has the log grown since?
+                ends = end_offsets(settings, self._bootstrap, settings.media_topic)
+                left = left_to_write(positions, ends)
+                if left <= settings.reindex_switch_lag:
+                    if left:
+                        log.info("space %r: caught up to %d events of the growing log: the handoff replays them", self._space, left)
                     return
+
+
+def left_to_write(written: dict[int, int], ends: dict[int, int]) -> int:
+    """Events of the log below `ends` at or above the `written` offsets (positions or committed offsets)."""
+    return sum(max(end - written.get(p, 0), 0) for p, end in ends.items())
 
 
 class GroupReader:

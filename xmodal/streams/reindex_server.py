@@ -16,9 +16,11 @@ media topic has partitions (Kafka's unit of scaling), all started with the same 
    rebalance. Each batch is written into the generation (pinned to its collection, not the alias),
    then its offsets are committed: everything below the group's committed offsets is in the generation.
 3. Stop. A worker whose own partitions are at the end of the log looks at the whole job: total lag
-   = the group's committed offsets vs the topic's end offsets. At lag 0 it sets `stop` in the
-   generation's metadata. Every worker checks `stop` after taking a batch and before writing it;
-   on seeing it, it writes nothing more, commits and leaves the group (closes its consumer).
+   = the group's committed offsets vs the topic's end offsets. When everything the log held as the
+   worker began is written and at most `reindex_switch_lag` events are left (0 once the log stands
+   still; under live ingest it never does), it sets `stop` in the generation's metadata. Every
+   worker checks `stop` after taking a batch and before writing it; on seeing it, it writes nothing
+   more, commits and leaves the group (closes its consumer).
 4. Barrier. Each stopped worker waits until the job's group is empty (DescribeGroups: state EMPTY).
    Only members write, and a member writes a batch before it commits and leaves, so an empty group
    means no reindex write is in flight or will come: the committed offsets are final. They are the
@@ -54,7 +56,7 @@ from xmodal.errors import BrokerError, ConfigError, VectorIndexError
 from xmodal.streams.handoff import HANDOFF_KEY
 from xmodal.streams.kafka import consumer_config
 from xmodal.streams.logread import committed_offsets, end_offsets, ingest_group
-from xmodal.streams.reindex import JOB_KEY, REINDEX_ORIGIN, GroupReader, Progress, ReindexResult, reindex_group
+from xmodal.streams.reindex import JOB_KEY, REINDEX_ORIGIN, GroupReader, Progress, ReindexResult, left_to_write, reindex_group
 
 __all__ = ["IndexFactory", "ServerReindexer", "list_server_generations", "server_drop", "server_rollback"]
 
@@ -239,7 +241,7 @@ class ServerReindexer:
                 return {} if not isinstance(job, dict) else job
             time.sleep(0.2)
 
-    # -- steps 2 and 3: fill until the job's lag is 0, then stop ------------------------------
+    # -- steps 2 and 3: fill until the job has caught up, then stop ---------------------------
 
     def _fill(self, encoder: Any, index_settings: Any, target: int, group: str, result: ReindexResult) -> None:
         from xmodal.streams.pipeline_setup import PipelineSetup
@@ -250,6 +252,7 @@ class ServerReindexer:
             index.ensure_collection(space, encoder.dim)  # payload indexes, build settings
             pipeline = PipelineSetup.from_settings(settings, index_settings).pipeline({space: encoder}, index)
             pipeline.start()
+            start_ends = end_offsets(settings, self._bootstrap, settings.media_topic)
             with GroupReader(settings, self._bootstrap, group) as reader:
                 last_check = 0.0
                 while True:
@@ -261,7 +264,7 @@ class ServerReindexer:
                         reader.write(records, pipeline, result)
                     if len(records) < settings.batch_size and time.monotonic() - last_check >= LAG_CHECK_S:
                         last_check = time.monotonic()
-                        if self._job_lag(group) == 0:
+                        if self._job_caught_up(group, start_ends):
                             self._request_stop(index, target)
                             break
         finally:
@@ -271,20 +274,23 @@ class ServerReindexer:
     def _stopped(self, index: Any, target: int) -> bool:
         return bool((index.generation_metadata(self._space, target).get(JOB_KEY) or {}).get("stop"))
 
-    def _job_lag(self, group: str) -> int:
+    def _job_caught_up(self, group: str, start_ends: dict[int, int]) -> bool:
+        """Everything the log held when this worker began is written, and at most `reindex_switch_lag`
+        events are left against a fresh end (a log under live ingest never stands still; the live
+        workers' handoff replays what is left)."""
         settings = self._settings
         ends = end_offsets(settings, self._bootstrap, settings.media_topic)
         committed = committed_offsets(settings, self._bootstrap, settings.media_topic, group)
-        done = sum(min(committed.get(p, 0), e) for p, e in ends.items())
-        self._progress(done, sum(ends.values()))
-        return sum(ends.values()) - done
+        left = left_to_write(committed, ends)
+        self._progress(sum(ends.values()) - left, sum(ends.values()))
+        return left_to_write(committed, start_ends) == 0 and left <= settings.reindex_switch_lag
 
     def _request_stop(self, index: Any, target: int) -> None:
         job = dict(index.generation_metadata(self._space, target).get(JOB_KEY) or {})
         if not job.get("stop"):
             job.update(stop=True, stopped_by=self.worker, stopped_at=time.time())
             index.update_generation_metadata(self._space, target, **{JOB_KEY: job})
-            log.info("space %r: reindex job %r caught up (lag 0): stopping its workers", self._space, self._job)
+            log.info("space %r: reindex job %r caught up: stopping its workers", self._space, self._job)
 
     # -- steps 4 and 5: barrier, then one switch ----------------------------------------------
 
