@@ -94,22 +94,26 @@ class RegionConfig:
 _LUMA = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)  # ITU-R 601, Pillow's "L"
 
 
+def luma(images: torch.Tensor) -> torch.Tensor:
+    """(n, 3, H, W) -> (n, 1, H, W): the luminance Pillow's "L" conversion gives."""
+    return (images * _LUMA.to(images)).sum(1, keepdim=True)
+
+
 def silhouette(images: torch.Tensor) -> torch.Tensor:
     """(n, 3, H, W) in [0, 1] -> (n, 1, H, W): where an object is, whatever its colour.
 
     The corpus's backgrounds are achromatic (white, black, gray: saturation <= 0.1) and its objects
     chromatic (saturation >= 0.25), so chroma (max - min channel) above the background's (the
     border's median) marks them; the luminance step from the background keeps full resolution
-    where the JPEG view halves the chroma's. Both are clipped to [0, 1] at a margin above the background's own jitter, so what is
-    left of an object's colour is at most how steep its edge is."""
+    where the JPEG view halves the chroma's. Both are clipped to [0, 1] at a margin above the
+    background's own jitter, so what is left of an object's colour is at most how steep its edge is."""
     chroma = images.amax(1) - images.amin(1)
-    luma = (images * _LUMA.to(images)).sum(1)
 
     def above_background(plane: torch.Tensor) -> torch.Tensor:
         border = torch.cat([plane[:, 0], plane[:, -1], plane[:, :, 0], plane[:, :, -1]], dim=1)
         return plane - border.median(dim=1).values.view(-1, 1, 1)
 
-    chroma, step = above_background(chroma), above_background(luma).abs()
+    chroma, step = above_background(chroma), above_background(luma(images).squeeze(1)).abs()
     return torch.maximum((chroma / 0.12).clamp(0, 1), (step / 0.1).clamp(0, 1)).unsqueeze(1)
 
 
@@ -347,7 +351,7 @@ def train_regions(
         colour_weight = torch.ones(len(ids), 1, 1)
         if cfg.gray_share:
             gray = torch.from_numpy(rng.random(len(ids)) < cfg.gray_share)
-            x = torch.where(gray.view(-1, 1, 1, 1), (x * _LUMA).sum(1, keepdim=True).expand_as(x), x)
+            x = torch.where(gray.view(-1, 1, 1, 1), luma(x).expand_as(x), x)
             colour_weight = (~gray).float().view(-1, 1, 1)
         _, logits = model(x)
         weight = 1.0 + (cfg.object_weight - 1.0) * (y[:, 0] > 0).float()
