@@ -174,6 +174,9 @@ class _FencedConsumer(faust_aiokafka.Consumer):
         # faust waits (at stop and before giving up partitions) until every event it handed to
         # the agent is acked. After a failure or a drain, the events left will never be acked:
         # waiting would hold the partitions until a timeout, so commit what was acked and go.
+        replay = cast(IngestApp, self.app).idle_replay
+        if replay is not None and not replay.done():
+            await asyncio.wait([replay])  # a handoff replay writes the partitions being given up
         if self.fenced or self.drained:
             await self.commit_and_end_transactions()
             return
@@ -220,6 +223,9 @@ class IngestApp(faust.App):
         self.draining = False
         self.fetch_wait_ms = 1500  # faust's own; create_app sets XMODAL_INGEST_FETCH_WAIT_MS
         self._batch_lock: asyncio.Lock | None = None  # made on the app's loop, on first use
+        # A reindex handoff replayed between batches (create_app); a revoke waits for it, as for a
+        # batch in hand, so the partition's next owner never writes beside it.
+        self.idle_replay: asyncio.Future[None] | None = None
 
     def _new_transport(self) -> Any:
         return _Transport(self.conf.broker_consumer, self)
@@ -309,11 +315,10 @@ def create_app(
         await asyncio.gather(*pending)  # delivered before the source events are acked
 
     complete_idle = getattr(pipeline, "complete_idle", None)  # a HandoffPipeline's (xmodal/streams/handoff.py)
-    idle_replays: set[asyncio.Task[None]] = set()
 
     async def replay_idle(owned: list[int]) -> None:
         async with app.batch_lock:  # one writer per partition: never beside a batch
-            if app.draining or app.failure is not None:
+            if app.draining or app.failure is not None or app.rebalancing:
                 return
             try:
                 await asyncio.get_running_loop().run_in_executor(executor, complete_idle, owned)
@@ -324,13 +329,12 @@ def create_app(
     async def complete_idle_handoffs() -> None:
         """A reindex's switch on a log that then stands still: no batch comes to replay the events
         the reindex left for the live workers, so the owner replays them between batches."""
-        if complete_idle is None or idle_replays or app.draining or app.failure is not None:
+        busy = app.idle_replay is not None and not app.idle_replay.done()
+        if complete_idle is None or busy or app.draining or app.failure is not None or app.rebalancing:
             return
         owned = sorted(tp.partition for tp in app.consumer.assignment() if tp.topic == settings.media_topic)
         if owned:  # a task, not awaited here: a replay may outlast the timer's interval
-            task = asyncio.ensure_future(replay_idle(owned))
-            idle_replays.add(task)
-            task.add_done_callback(idle_replays.discard)
+            app.idle_replay = asyncio.ensure_future(replay_idle(owned))
 
     @app.agent(media, name="ingest")
     async def ingest(stream: faust.StreamT[Any]) -> None:
