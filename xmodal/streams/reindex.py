@@ -313,8 +313,9 @@ class Reindexer:
             if records:
                 reader.write(records, pipeline, result)
             positions = reader.positions()
-            self._progress(sum(min(positions.get(p, 0), e) for p, e in ends.items()), sum(ends.values()))
-            if left_to_write(positions, ends) == 0:  # the end seen last is reached: has the log grown since?
+            behind = left_to_write(positions, ends)
+            self._progress(sum(ends.values()) - behind, sum(ends.values()))
+            if behind == 0:  # the end seen last is reached: has the log grown since?
                 ends = end_offsets(settings, self._bootstrap, settings.media_topic)
                 left = left_to_write(positions, ends)
                 if left <= settings.reindex_switch_lag:
